@@ -1,0 +1,3 @@
+from modelstream.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""The socket API: newline-delimited JSON (MongoDB Extended JSON) over TCP and a Unix socket."""

@@ -1,0 +1,88 @@
+"""A small Python client for the socket API.
+
+    with Client("127.0.0.1:7070") as c:
+        c.search("minilm", like={"text": "a dog in the snow"}, n=5)
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from typing import Any
+
+from modelstream.api import protocol
+from modelstream.errors import ApiError
+
+
+class Client:
+    def __init__(self, address: str, *, token: str | None = None, timeout_s: float = 30.0):
+        """`address`: HOST:PORT, or the path of a Unix socket."""
+        self.address = address
+        self.token = token
+        self.timeout_s = timeout_s
+        self._ids = itertools.count(1)
+        self._sock: socket.socket | None = None
+        self._file = None
+
+    def connect(self) -> "Client":
+        if ":" in self.address and not self.address.startswith(("/", ".")):
+            host, _, port = self.address.rpartition(":")
+            self._sock = socket.create_connection((host.strip("[]"), int(port)), timeout=self.timeout_s)
+        else:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.settimeout(self.timeout_s)
+            self._sock.connect(self.address)
+        self._file = self._sock.makefile("rwb")
+        return self
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+        if self._sock:
+            self._sock.close()
+        self._sock = self._file = None
+
+    def __enter__(self) -> "Client":
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request; return the response, or raise ApiError for `ok: false`."""
+        if self._sock is None:
+            self.connect()
+        request = {"id": next(self._ids), "op": op, **fields}
+        if self.token:
+            request["token"] = self.token
+        self._file.write(protocol.encode(request))
+        self._file.flush()
+        line = self._file.readline()
+        if not line:
+            raise ApiError("closed", f"the daemon at {self.address} closed the connection")
+        response = protocol.decode(line)
+        if not response.get("ok"):
+            error = response.get("error", {})
+            raise ApiError(error.get("code", "error"), error.get("message", "request failed"), hint=error.get("hint"))
+        return response
+
+    def ping(self) -> bool:
+        return self.request("ping")["pong"]
+
+    def search(self, index: str | None = None, *, like: dict | None = None, vector: list | None = None,
+               n: int = 10, filter: dict | None = None, project: list | None = None) -> list[dict]:
+        fields: dict[str, Any] = {"n": n}
+        for key, value in (("index", index), ("like", like), ("vector", vector), ("filter", filter),
+                           ("project", project)):
+            if value is not None:
+                fields[key] = value
+        return self.request("search", **fields)["results"]
+
+    def apply(self, model: str, document: dict) -> Any:
+        return self.request("apply", model=model, document=document)["output"]
+
+    def status(self) -> dict:
+        return self.request("status")["status"]
+
+    def models(self) -> list[dict]:
+        return self.request("models")["models"]

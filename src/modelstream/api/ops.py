@@ -1,0 +1,137 @@
+"""What each request op does. Reads daemon state; never changes it except through the models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from modelstream.content import decode_input, to_stored, vector_of
+from modelstream.daemon.documents import id_key
+from modelstream.daemon.service import Daemon
+from modelstream.errors import ApiError
+from modelstream.registry import BASE_KEY
+
+MAX_N = 10_000
+
+
+class Operations:
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+        self.handlers = {"ping": self.ping, "search": self.search, "apply": self.apply,
+                         "models": self.models, "status": self.status}
+
+    def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        handler = self.handlers.get(op)
+        if handler is None:
+            raise ApiError("bad_request", f"unknown op {op!r}", hint=f"ops: {', '.join(sorted(self.handlers))}")
+        return handler(request)
+
+    def ping(self, request: dict) -> dict:
+        return {"pong": True}
+
+    def status(self, request: dict) -> dict:
+        return {"status": self.daemon.status()}
+
+    def models(self, request: dict) -> dict:
+        registry = self.daemon.plan.registry
+        stats = self.daemon.stats.snapshot()["models"]
+        return {"models": [
+            {"name": m.name, "active": m.active, "collection": m.collection, "key": m.key,
+             "features": m.features, "version": self.daemon.plan.versions[m.name],
+             "done": stats.get(m.name, {}).get("done", 0), "failed": stats.get(m.name, {}).get("failed", 0)}
+            for m in registry.models.values()]}
+
+    def apply(self, request: dict) -> dict:
+        name = request.get("model")
+        model = self.daemon.models.get(name)
+        if model is None:
+            raise ApiError("not_found", f"unknown model {name!r}", hint=f"models: {', '.join(self.daemon.models)}")
+        document = request.get("document")
+        if not isinstance(document, dict):
+            raise ApiError("bad_request", "apply needs `document`, an object with the model's key field")
+        return {"output": to_stored(self._run(model, document), "array")}
+
+    def _run(self, model, document: dict) -> Any:
+        spec = model.spec
+        if spec.key == BASE_KEY:
+            value = document
+        elif spec.key in document:
+            value = decode_input(document[spec.key])
+        else:
+            raise ApiError("bad_request", f"model {spec.name} reads field {spec.key!r}, absent from the document")
+        try:
+            return model.predict([value])[0]
+        except Exception as exc:  # noqa: BLE001 - a model error is the caller's bad input, not ours
+            raise ApiError("model_error", f"model {spec.name} failed: {type(exc).__name__}: {exc}") from exc
+
+    # -- search ------------------------------------------------------------------------------------
+
+    def search(self, request: dict) -> dict:
+        index_name = request.get("index")
+        if index_name is None and len(self.daemon.indexes) == 1:
+            index_name = next(iter(self.daemon.indexes))
+        index = self.daemon.indexes.get(index_name)
+        if index is None:
+            raise ApiError("not_found", f"unknown index {index_name!r}",
+                           hint=f"indexes: {', '.join(self.daemon.indexes) or 'none'}")
+        n = request.get("n", 10)
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= MAX_N:
+            raise ApiError("bad_request", f"n must be an integer from 1 to {MAX_N}, not {n!r}")
+        spec = self.daemon.plan.registry.indexes[index_name]
+        vector, exclude = self._query_vector(spec, index, request)
+        index.check_dim(vector)
+        collection = self.daemon.db[self.daemon.plan.registry.models[spec.source_model].collection]
+        allowed = self._prefilter(collection, request.get("filter"))
+        hits = index.search(vector, n + len(exclude), allowed)
+        hits = [(doc_id, score) for doc_id, score in hits if id_key(doc_id) not in exclude][:n]
+        results = [{"_id": doc_id, "score": score} for doc_id, score in hits]
+        project = request.get("project")
+        if project:
+            self._project(collection, results, project)
+        return {"results": results, "measure": index.measure}
+
+    def _query_vector(self, spec, index, request: dict) -> tuple[np.ndarray, set]:
+        if "vector" in request:
+            try:
+                return np.asarray(request["vector"], dtype=np.float32).ravel(), set()
+            except (TypeError, ValueError) as exc:
+                raise ApiError("bad_request", f"vector must be a list of numbers: {exc}") from exc
+        like = request.get("like")
+        if not isinstance(like, dict) or not like:
+            raise ApiError("bad_request", "search needs `like` ({\"_id\": ...} or {field: value}) or `vector`")
+        if "_id" in like:
+            vector = index.vector_of(like["_id"])
+            if vector is None:
+                raise ApiError("not_found", f"no vector in index {spec.name} for _id {like['_id']!r}",
+                               hint="the document may not exist, or not be processed yet")
+            return vector, {id_key(like["_id"])}
+        for name in spec.models:
+            model = self.daemon.models[name]
+            if model.spec.key in like or model.spec.key == BASE_KEY:
+                vector = vector_of(to_stored(self._run(model, like)))
+                if vector is None:
+                    raise ApiError("model_error", f"model {name} did not return a vector")
+                return vector, set()
+        keys = [self.daemon.models[m].spec.key for m in spec.models]
+        raise ApiError("bad_request", f"no model of index {spec.name} reads {', '.join(map(repr, like))}",
+                       hint=f"query fields of this index: {', '.join(keys)}")
+
+    def _prefilter(self, collection, query: Any) -> list | None:
+        if query is None:
+            return None
+        if not isinstance(query, dict):
+            raise ApiError("bad_request", "filter must be a MongoDB query object")
+        try:
+            return [d["_id"] for d in collection.find(query, {"_id": 1})]
+        except Exception as exc:  # noqa: BLE001 - the server's complaint about the query goes back verbatim
+            raise ApiError("bad_filter", f"the database rejected the filter: {exc}") from exc
+
+    def _project(self, collection, results: list[dict], project: Any) -> None:
+        fields = project if isinstance(project, list) else list(project)
+        by_id = {id_key(d["_id"]): d for d in collection.find(
+            {"_id": {"$in": [r["_id"] for r in results]}}, {f: 1 for f in fields})}
+        for result in results:
+            doc = by_id.get(id_key(result["_id"]), {})
+            result["document"] = {k: v for k, v in doc.items() if k != "_id"}

@@ -1,0 +1,244 @@
+"""The `modelstream` command: the daemon (serve), registry checks, and clients of a running daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from modelstream import log, registry
+from modelstream.errors import ApiError, ConfigErrors, ModelstreamError
+
+app = typer.Typer(help="Run ML models on live MongoDB data: outputs written back, vector indexes kept in step.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="The registry YAML.", exists=False)]
+OptionalConfig = Annotated[Optional[Path], typer.Option("--config", "-c", help="Registry YAML (to find the socket).")]
+SocketOpt = Annotated[Optional[str], typer.Option("--socket", help="HOST:PORT or a Unix socket path.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path) -> registry.Plan:
+    try:
+        return registry.load(config)
+    except ConfigErrors as exc:
+        _fail(str(exc), 2)
+    except ModelstreamError as exc:
+        _fail(str(exc), 2)
+
+
+@app.command()
+def check(config: ConfigOpt, imports: Annotated[bool, typer.Option(help="Also import every model.")] = True) -> None:
+    """Validate a registry; exit non-zero with file:line errors. Imports the models too (--no-imports skips)."""
+    plan = _load(config)
+    if imports:
+        try:
+            registry.load_models(plan.registry, plan.versions)
+        except ConfigErrors as exc:
+            _fail(str(exc), 2)
+    reg = plan.registry
+    typer.echo(f"{config}: ok: {len(reg.models)} models ({', '.join(plan.order)}), {len(reg.indexes)} indexes")
+
+
+@app.command()
+def serve(config: ConfigOpt,
+          log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+          json_logs: Annotated[Optional[bool], typer.Option("--json-logs/--console-logs",
+                                                            help="Default: JSON unless on a terminal.")] = None,
+          ) -> None:
+    """Run the daemon and the socket API until SIGTERM/SIGINT (once: finish the batch, checkpoint, exit 0)."""
+    from modelstream.api.ops import Operations
+    from modelstream.api.server import ApiServer
+    from modelstream.daemon.service import Daemon
+
+    log.configure(log_level, json=json_logs)
+    logger = log.get("modelstream.serve")
+    plan = _load(config)
+    reg = plan.registry
+    reg.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(reg.data_dir / "daemon.lock", "a+")  # noqa: SIM115 - held for the life of the process
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _fail(f"another modelstream daemon is serving {reg.data_dir} (lock {reg.data_dir / 'daemon.lock'})", 3)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)  # second signal: at once
+        logger.info("stopping: finishing the batch in hand", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon = Daemon.open(plan)
+    except ModelstreamError as exc:
+        _fail(str(exc), 2)
+    try:
+        api = ApiServer(reg.api, Operations(daemon), registry_file=str(reg.path))
+        api.start()
+    except (ModelstreamError, OSError) as exc:
+        daemon.close()
+        _fail(f"cannot start the API: {exc}", 2)
+    daemon.start()
+    logger.info("serving", registry=str(reg.path), database=daemon.uri, api=api.addresses)
+    while not stop.wait(0.5):
+        if daemon.thread is not None and not daemon.thread.is_alive():
+            break
+    failed = daemon.stats.phase == "failed"
+    api.close()
+    daemon.close()
+    logger.info("stopped", failed=failed)
+    raise typer.Exit(1 if failed else 0)
+
+
+# -- clients of a running daemon --------------------------------------------------------------------
+
+
+def _address(config: Optional[Path], socket_: Optional[str]) -> tuple[str, Optional[str]]:
+    token = os.environ.get("MODELSTREAM_TOKEN")
+    if socket_:
+        return socket_, token
+    if config is not None:
+        api = _load(config).registry.api
+        if api.unix and Path(api.unix).exists():
+            return api.unix, api.token or token
+        if api.listen:
+            return api.listen, api.token or token
+    return os.environ.get("MODELSTREAM_SOCKET", "127.0.0.1:7070"), token
+
+
+def _client(config: Optional[Path], socket_: Optional[str]):
+    from modelstream.api.client import Client
+
+    address, token = _address(config, socket_)
+    try:
+        return Client(address, token=token).connect()
+    except OSError as exc:
+        _fail(f"cannot reach the daemon at {address}: {exc.strerror or exc} "
+              "(hint: is `modelstream serve` running? pick it with --socket or -c)")
+
+
+def _call(config, socket_, fn) -> Any:
+    client = _client(config, socket_)
+    try:
+        return fn(client)
+    except ApiError as exc:
+        _fail(f"error ({exc.code}): {exc}")
+    finally:
+        client.close()
+
+
+def _print_json(value: Any) -> None:
+    from modelstream.api.protocol import to_plain
+
+    typer.echo(json.dumps(to_plain(value), indent=2))
+
+
+@app.command()
+def query(text: Annotated[str, typer.Argument(help="What to look for; embedded by the index's query model.")],
+          config: OptionalConfig = None, socket_: SocketOpt = None,
+          index: Annotated[Optional[str], typer.Option(help="Index name (default: the only one).")] = None,
+          field: Annotated[Optional[str], typer.Option(help="Query field (default: the index's query key).")] = None,
+          n: Annotated[int, typer.Option("-n", help="How many results.")] = 5,
+          filter_: Annotated[Optional[str], typer.Option("--filter", help="MongoDB query, as JSON.")] = None,
+          show: Annotated[Optional[str], typer.Option(help="Document field to print (default: the query field).")]
+          = None,
+          as_json: JsonOpt = False) -> None:
+    """Search an index by text (or any value a query model reads) and print the nearest documents."""
+    def run(client):
+        models = {m["name"]: m for m in client.models()}
+        status = client.status()
+        name = index or (next(iter(status["indexes"])) if len(status["indexes"]) == 1 else None)
+        if name is None:
+            raise ApiError("bad_request", "several indexes: pick one with --index",
+                           hint=", ".join(status["indexes"]))
+        query_field = field
+        if query_field is None:
+            reg_models = [m for m in models.values() if m["key"] != "_base"]
+            query_field = reg_models[-1]["key"] if reg_models else "text"
+        shown = show or query_field
+        results = client.search(name, like={query_field: text}, n=n,
+                                filter=json.loads(filter_) if filter_ else None, project=[shown])
+        return results, shown
+
+    results, shown = _call(config, socket_, run)
+    if as_json:
+        _print_json(results)
+        return
+    typer.echo(f"query: {text}")
+    for rank, r in enumerate(results, 1):
+        value = r.get("document", {}).get(shown, "")
+        typer.echo(f"  {rank}. {r['score']:.3f}  {value}")
+    if not results:
+        typer.echo("  (no results)")
+
+
+@app.command()
+def status(config: OptionalConfig = None, socket_: SocketOpt = None, as_json: JsonOpt = False) -> None:
+    """Lag, per-model counts, index sizes, resume point, connection state of a running daemon."""
+    snap = _call(config, socket_, lambda c: c.status())
+    if as_json:
+        _print_json(snap)
+        return
+    typer.echo(f"phase {snap['phase']}  connection {snap['connection']}  uptime {snap['uptime_s']:.0f}s  "
+               f"events {snap['events']}  behind {snap['lag']['seconds_behind']}s")
+    typer.echo(f"database {snap['database']['uri']} / {snap['database']['name']}")
+    for name, m in snap["models"].items():
+        typer.echo(f"  model {name:<24} done {m['done']:>8}  failed {m['failed']:>6}")
+    for name, ix in snap["indexes"].items():
+        typer.echo(f"  index {name:<24} size {ix['size']:>8}  dim {ix['dim']}  {ix['measure']}")
+    if snap.get("last_error"):
+        typer.echo(f"last error: {snap['last_error']}")
+
+
+@app.command()
+def models(config: OptionalConfig = None, socket_: SocketOpt = None, as_json: JsonOpt = False) -> None:
+    """The models of a running daemon: active or not, version, counts."""
+    listed = _call(config, socket_, lambda c: c.models())
+    if as_json:
+        _print_json(listed)
+        return
+    for m in listed:
+        state = "active" if m["active"] else "query "
+        typer.echo(f"{m['name']:<24} {state} {m['collection']}.{m['key']}  v{m['version']}  "
+                   f"done {m['done']} failed {m['failed']}")
+
+
+@app.command()
+def apply(model: Annotated[str, typer.Argument(help="Model name.")],
+          doc: Annotated[Optional[str], typer.Option("--doc", help="The document, as JSON.")] = None,
+          file: Annotated[Optional[Path], typer.Option("--file", help="A file holding the document JSON.")] = None,
+          config: OptionalConfig = None, socket_: SocketOpt = None) -> None:
+    """Run one model on a document you give (not stored) and print its output."""
+    from bson import json_util
+
+    if (doc is None) == (file is None):
+        _fail("give exactly one of --doc JSON or --file PATH")
+    text = doc if doc is not None else file.read_text()
+    try:
+        document = json_util.loads(text)
+    except ValueError as exc:
+        _fail(f"the document is not JSON: {exc}")
+    _print_json(_call(config, socket_, lambda c: c.apply(model, document)))
+
+
+def main() -> None:  # pragma: no cover - `python -m modelstream`
+    with contextlib.suppress(KeyboardInterrupt):
+        app()
+    sys.exit(0)

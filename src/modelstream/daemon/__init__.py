@@ -1,0 +1,1 @@
+"""The daemon: follow the change stream, run the model graph in batches, write outputs, keep indexes."""

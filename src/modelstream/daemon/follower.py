@@ -1,0 +1,216 @@
+"""Follow the database's change stream and keep every output and index in step.
+
+Start-up: open the stream first (to pin a position), then scan every collection for missing
+or stale outputs (building the indexes on the way), then consume the stream from the pinned
+position, so that nothing written during the scan falls between scan and stream. Each batch:
+events -> current documents -> Processor -> checkpoint. A lost connection is retried with
+bounded exponential back-off and resumed from the saved token; a lost position (token off
+the oplog, invalidated stream) is logged loudly and followed by a fresh scan.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pymongo.database import Database
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from modelstream import log
+from modelstream.daemon.checkpoint import Checkpoints
+from modelstream.daemon.documents import RESERVED, id_key
+from modelstream.daemon.processor import Processor
+from modelstream.daemon.stats import Stats
+from modelstream.daemon.stores import chunks
+
+logger = log.get("modelstream.follower")
+
+MAX_EVENTS = 1024  # per batch; a burst is taken in getMore-sized gulps up to this
+SCAN_PAGE = 512
+AWAIT_MS = 200  # how long an idle getMore waits; bounds the reaction time to a stop request
+IDLE_CHECKPOINT_S = 1.0
+BACKOFF_S = (0.5, 1, 2, 4, 8, 16, 30)
+POSITION_LOST = {9, 260, 280, 286}  # bad token, invalid token, fatal, ChangeStreamHistoryLost
+GONE = {"drop", "rename", "dropDatabase", "invalidate"}
+
+
+def own_writes_filter(collections: list[str]) -> dict:
+    """Server-side $match: only watched collections, and no update that touches reserved fields only."""
+    reserved = "^(" + "|".join(RESERVED) + r")(\.|$)"
+    changed_paths = {"$concatArrays": [
+        {"$map": {"input": {"$objectToArray": {"$ifNull": ["$updateDescription.updatedFields", {}]}},
+                  "in": "$$this.k"}},
+        {"$ifNull": ["$updateDescription.removedFields", []]},
+    ]}
+    user_paths = {"$filter": {"input": changed_paths,
+                              "cond": {"$not": [{"$regexMatch": {"input": "$$this", "regex": reserved}}]}}}
+    return {"$match": {
+        "ns.coll": {"$in": collections},
+        "$or": [{"operationType": {"$ne": "update"}}, {"$expr": {"$gt": [{"$size": user_paths}, 0]}}],
+    }}
+
+
+class Follower:
+    def __init__(self, db: Database, processor: Processor, checkpoints: Checkpoints, stats: Stats):
+        self.db = db
+        self.processor = processor
+        self.checkpoints = checkpoints
+        self.stats = stats
+        self.collections = processor.plan.registry.collections()
+        self.scanned = threading.Event()  # set once the first full scan is done
+        self.on_batch: Callable[[], None] | None = None
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Until `stop`: stream, and recover from what the database throws at us."""
+        failures = 0
+        need_scan = True
+        while not stop.is_set():
+            try:
+                self._follow(stop, need_scan)
+                need_scan = False
+            except OperationFailure as exc:
+                if exc.code in POSITION_LOST:
+                    logger.error("change stream position lost: rescanning everything", code=exc.code,
+                                 error=str(exc)[:300], hint="raise the oplog size/retention if this repeats")
+                    self.checkpoints.clear()
+                    need_scan = True
+                    continue
+                failures = self._back_off(stop, exc, failures)
+            except (ConnectionFailure, PyMongoError) as exc:
+                failures = self._back_off(stop, exc, failures)
+            else:
+                failures = 0
+        self.stats.phase = "stopped"
+
+    def _back_off(self, stop: threading.Event, exc: Exception, failures: int) -> int:
+        delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+        self.stats.phase, self.stats.connection = "retrying", "lost"
+        self.stats.retries += 1
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        logger.warning("database unreachable; retrying", error=self.stats.last_error, retry_in_s=delay,
+                       attempt=failures + 1)
+        stop.wait(delay)
+        return failures + 1
+
+    def _follow(self, stop: threading.Event, need_scan: bool) -> None:
+        token = self.checkpoints.load()
+        with self.db.watch([own_writes_filter(self.collections)], full_document="updateLookup",
+                           resume_after=token, max_await_time_ms=AWAIT_MS, batch_size=MAX_EVENTS) as stream:
+            self.stats.connection = "connected"
+            pending = self._gather(stream)  # pins the position before the scan; keeps any early events
+            if need_scan or token is None:
+                self.scan(stop)
+            self.stats.phase = "streaming"
+            last_saved = 0.0
+            while not stop.is_set():
+                events = pending or self._gather(stream)
+                pending = []
+                if events:
+                    self.stats.idle = False
+                    self._apply(events)
+                    self.checkpoints.save(stream.resume_token)
+                    last_saved = time.monotonic()
+                    if any(e["operationType"] in ("invalidate", "dropDatabase") for e in events):
+                        return  # the stream is closed: reopen from the saved token
+                else:
+                    self.stats.idle = True
+                    if time.monotonic() - last_saved > IDLE_CHECKPOINT_S and stream.resume_token:
+                        self.checkpoints.save(stream.resume_token)  # postBatchResumeToken: an idle stream advances
+                        last_saved = time.monotonic()
+                if self.on_batch:
+                    self.on_batch()
+
+    def _gather(self, stream) -> list[dict]:
+        """The events the next getMore brings (waiting up to AWAIT_MS), and those already buffered."""
+        events: list[dict] = []
+        while len(events) < MAX_EVENTS:
+            event = stream.try_next()
+            if event is None:
+                break
+            events.append(event)
+            # pymongo has no public "anything buffered?"; without it we would wait AWAIT_MS per batch.
+            if not len(getattr(stream._cursor, "_data", ())):
+                break
+        return events
+
+    # -- one batch of events ------------------------------------------------------------------------
+
+    def _apply(self, events: list[dict]) -> None:
+        latest: dict[str, dict[Any, tuple[Any, dict | None]]] = {}
+        dropped: set[str] = set()
+        for event in events:
+            kind = event["operationType"]
+            coll = event.get("ns", {}).get("coll")
+            if kind in GONE:
+                if coll:
+                    dropped.add(coll)
+                    latest.pop(coll, None)
+                else:
+                    dropped.update(self.collections)
+                    latest.clear()
+                continue
+            doc_id = event["documentKey"]["_id"]
+            full = None if kind == "delete" else event.get("fullDocument")
+            latest.setdefault(coll, {})[id_key(doc_id)] = (doc_id, full)
+        for coll in sorted(dropped):
+            logger.warning("collection dropped or renamed: its outputs and vectors are gone", collection=coll)
+            self._forget_collection(coll)
+        for coll, changes in latest.items():
+            docs = [full for _, full in changes.values() if full is not None]
+            deleted = [doc_id for doc_id, full in changes.values() if full is None]
+            self.processor.process(coll, docs, deleted)
+        last_time = events[-1].get("clusterTime")
+        self.stats.batch(len(events), last_time.time if last_time is not None else None)
+
+    def _forget_collection(self, coll: str) -> None:
+        self.processor.stores[coll].drop()
+        for spec in self.processor.index_specs(coll):
+            self.processor.indexes[spec.name].clear()
+
+    # -- the scan -------------------------------------------------------------------------------
+
+    def scan(self, stop: threading.Event | None = None) -> None:
+        """Every document of every watched collection: compute what is missing or stale, fill indexes."""
+        self.stats.phase = "scanning"
+        for coll in self.collections:
+            total = self.db[coll].estimated_document_count()
+            self.stats.scan_total += total
+            seen: set = set()
+            logger.info("scanning", collection=coll, documents=total)
+            page: list[dict] = []
+            for doc in self.db[coll].find({}).sort("_id", 1).batch_size(SCAN_PAGE):
+                page.append(doc)
+                if len(page) >= SCAN_PAGE:
+                    self._scan_page(coll, page, seen)
+                    page = []
+                    if stop is not None and stop.is_set():
+                        return
+            self._scan_page(coll, page, seen)
+            self._forget_orphans(coll, seen)
+        self.scanned.set()
+        logger.info("scan complete", documents=self.stats.scan_done)
+
+    def _scan_page(self, coll: str, page: list[dict], seen: set) -> None:
+        if not page:
+            return
+        seen.update(id_key(d["_id"]) for d in page)
+        self.processor.process(coll, page, [], load_index=True)
+        self.stats.scan_done += len(page)
+
+    def _forget_orphans(self, coll: str, seen: set) -> None:
+        """Vectors and side documents whose source was deleted while we were not watching."""
+        for spec in self.processor.index_specs(coll):
+            index = self.processor.indexes[spec.name]
+            index.remove([i for i in index.ids() if id_key(i) not in seen])
+        stored = self.processor.stores[coll].stored_ids()
+        if stored is None:
+            return
+        orphans = [i for i in stored if id_key(i) not in seen]
+        for part in chunks(orphans):
+            self.processor.process(coll, [], part)
+        if orphans:
+            logger.info("removed orphaned outputs", collection=coll, count=len(orphans))

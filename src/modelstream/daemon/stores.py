@@ -1,0 +1,134 @@
+"""Where outputs live. One write path, two stores.
+
+`inline` (the tutorial's layout) sets `_outputs.<key>.<model>` and `_modelstream.<model>` inside the
+user's document, guarded on the input fields so a result computed from an older document never
+lands on a newer one. `collection` keeps the same layout in a side collection `_outputs.<coll>`
+keyed by the source `_id`, and never writes to the user's collection at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import DeleteMany, UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError
+
+from modelstream.daemon.documents import FINGERPRINTS, OUTPUTS, SIDE_PREFIX, id_key
+
+ID_CHUNK = 256  # large $in lists are slow on some servers; chunks keep each query cheap
+
+
+@dataclass
+class DocWrite:
+    """Everything one batch changes in one document's outputs: one update, one round trip for all."""
+
+    doc_id: Any
+    sets: dict[str, Any] = field(default_factory=dict)
+    unsets: list[str] = field(default_factory=list)
+    guard: dict[str, Any] = field(default_factory=dict)  # input fields as read; inline writes require them unchanged
+    models: set[str] = field(default_factory=set)
+
+    def update(self) -> dict:
+        update: dict[str, Any] = {}
+        if self.sets:
+            update["$set"] = self.sets
+        if self.unsets:
+            update["$unset"] = {path: "" for path in self.unsets}
+        return update
+
+
+@dataclass
+class WriteFailure:
+    doc_id: Any
+    models: set[str]
+    message: str
+    code: int | None
+    hint: str | None
+
+
+def chunks(items: list, size: int = ID_CHUNK) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class InlineStore:
+    kind = "inline"
+
+    def __init__(self, source: Collection):
+        self.source = source
+
+    def stored(self, docs: list[dict]) -> dict[Hashable, dict]:
+        """The outputs and fingerprints each document already has: inline, they came with it."""
+        return {id_key(d["_id"]): d for d in docs}
+
+    def write(self, writes: list[DocWrite]) -> list[WriteFailure]:
+        ops = [UpdateOne({"_id": w.doc_id, **w.guard}, w.update()) for w in writes if w.update()]
+        return _bulk(self.source, ops, [w for w in writes if w.update()],
+                     hint_121="this collection's validator rejects extra fields: set `outputs: {collections: "
+                              f"{{{self.source.name}: collection}}}}` to keep outputs in a side collection")
+
+    def forget(self, doc_ids: list[Any]) -> None:
+        """A deleted document took its inline outputs with it."""
+
+    def drop(self) -> None:
+        """Outputs went with the dropped collection."""
+
+    def stored_ids(self) -> None:
+        return None
+
+
+class CollectionStore:
+    kind = "collection"
+
+    def __init__(self, source: Collection):
+        self.source = source
+        self.side = source.database[SIDE_PREFIX + source.name]
+
+    def stored(self, docs: list[dict]) -> dict[Hashable, dict]:
+        found: dict[Hashable, dict] = {}
+        for part in chunks([d["_id"] for d in docs]):
+            for side in self.side.find({"_id": {"$in": part}}):
+                found[id_key(side["_id"])] = side
+        return found
+
+    def write(self, writes: list[DocWrite]) -> list[WriteFailure]:
+        kept = [w for w in writes if w.update()]
+        ops = [UpdateOne({"_id": w.doc_id}, w.update(), upsert=True) for w in kept]
+        return _bulk(self.side, ops, kept, hint_121=None)
+
+    def forget(self, doc_ids: list[Any]) -> None:
+        ops = [DeleteMany({"_id": {"$in": part}}) for part in chunks(list(doc_ids))]
+        if ops:
+            self.side.bulk_write(ops, ordered=False)
+
+    def drop(self) -> None:
+        self.side.drop()
+
+    def stored_ids(self) -> Iterable[Any]:
+        return (d["_id"] for d in self.side.find({}, {"_id": 1}).sort("_id", 1))
+
+
+def _bulk(target: Collection, ops: list, writes: list[DocWrite], hint_121: str | None) -> list[WriteFailure]:
+    if not ops:
+        return []
+    try:
+        target.bulk_write(ops, ordered=False)
+        return []
+    except BulkWriteError as exc:
+        failures = []
+        for error in exc.details.get("writeErrors", []):
+            write = writes[error["index"]]
+            code = error.get("code")
+            failures.append(WriteFailure(write.doc_id, write.models, error.get("errmsg", "write failed"), code,
+                                         hint_121 if code == 121 else None))
+        return failures
+
+
+def store_for(kind: str, source: Collection) -> InlineStore | CollectionStore:
+    return CollectionStore(source) if kind == "collection" else InlineStore(source)
+
+
+__all__ = ["FINGERPRINTS", "OUTPUTS", "CollectionStore", "DocWrite", "InlineStore", "WriteFailure", "store_for"]

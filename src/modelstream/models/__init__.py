@@ -1,0 +1,1 @@
+"""Ready-made models to name in a registry's `object`."""

@@ -1,0 +1,340 @@
+"""Registry specs: validated, typed views of the YAML. Every problem names its file and line.
+
+`parse` turns the Located tree from `source.read` into frozen dataclasses. It collects every
+error it can find in one pass and raises them together, so a user fixes a file in one go.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modelstream.errors import ConfigError, ConfigErrors
+from modelstream.registry.source import Located
+
+MEASURES = ("cosine", "dot", "l2")
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+STORES = ("inline", "collection")
+VECTOR_FORMATS = ("binary", "array")
+BASE_KEY = "_base"  # the tutorial's key for "the whole document"
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    uri: str | None = None  # None: start the embedded server
+    name: str = "modelstream"
+    embedded_port: int | None = None  # None: any free port
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    listen: str | None = "127.0.0.1:7070"
+    unix: str | None = None
+    token: str | None = None
+    max_line_bytes: int = 1 << 20
+    max_connections: int = 256
+    idle_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    object: str  # "module:attr", or another model's name (then `shares` names the owner)
+    key: str
+    collection: str
+    args: Any = None
+    features: dict[str, str] = field(default_factory=dict)
+    filter: dict | None = None
+    active: bool = True
+    batch_size: int = 64
+    max_wait_ms: int = 20
+    device: str = "auto"
+    vector: str = "binary"
+    line: int = 0
+    shares: str | None = None  # the model whose loaded object this one uses
+
+    def output_path(self) -> str:
+        """Where this model's output lives inside `_outputs` (or the side document)."""
+        return f"_outputs.{self.key}.{self.name}"
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    name: str
+    models: tuple[str, ...]
+    measure: str = "cosine"
+    type: str = "flat"
+    line: int = 0
+
+    @property
+    def source_model(self) -> str:
+        """The first model fills the index; the others embed queries."""
+        return self.models[0]
+
+
+@dataclass(frozen=True)
+class OutputsSpec:
+    store: str = "inline"
+    collections: dict[str, str] = field(default_factory=dict)
+
+    def store_for(self, collection: str) -> str:
+        return self.collections.get(collection, self.store)
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: Path
+    database: DatabaseSpec
+    api: ApiSpec
+    data_dir: Path
+    models: dict[str, ModelSpec]
+    indexes: dict[str, IndexSpec]
+    outputs: OutputsSpec
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def collections(self) -> list[str]:
+        return sorted({m.collection for m in self.models.values() if m.active})
+
+
+class _Errors:
+    """Collects ConfigErrors for one file."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.items: list[ConfigError] = []
+
+    def add(self, message: str, line: int | None, hint: str | None = None) -> None:
+        self.items.append(ConfigError(message, file=self.file, line=line, hint=hint))
+
+    def unknown_keys(self, mapping: Located, allowed: tuple[str, ...], where: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+                self.add(f"unknown key {key!r} in {where}", mapping.line_of(key), hint)
+
+    def typed(self, mapping: Located, key: str, kinds: tuple[type, ...], where: str, default: Any = None) -> Any:
+        if key not in mapping or mapping[key] is None:
+            return default
+        value = mapping[key]
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            names = " or ".join(k.__name__.replace("Located", "mapping").replace("dict", "mapping") for k in kinds)
+            self.add(f"{where}.{key} must be {names}, not {type(value).__name__} ({value!r})", mapping.line_of(key))
+            return default
+        return value
+
+    def choice(self, mapping: Located, key: str, choices: tuple[str, ...], where: str, default: str) -> str:
+        value = self.typed(mapping, key, (str,), where, default)
+        if value not in choices:
+            self.add(f"{where}.{key} is {value!r}", mapping.line_of(key), f"choose one of: {', '.join(choices)}")
+            return default
+        return value
+
+    def section(self, root: Located, key: str) -> Located:
+        value = root.get(key)
+        if value is None:
+            return Located()
+        if not isinstance(value, Located):
+            self.add(f"{key} must be a mapping", root.line_of(key))
+            return Located()
+        return value
+
+
+TOP_KEYS = ("database", "data_dir", "api", "models", "indexes", "outputs", "collection")
+DATABASE_KEYS = ("uri", "name", "embedded")
+API_KEYS = ("listen", "unix", "token", "max_line_bytes", "max_connections", "idle_timeout_s")
+MODEL_KEYS = ("object", "args", "collection", "key", "features", "filter", "active", "batch_size",
+              "max_wait_ms", "device", "vector")
+INDEX_KEYS = ("models", "measure", "type")
+OUTPUTS_KEYS = ("store", "collections")
+
+
+def parse(root: Located, path: Path) -> Registry:
+    """Validate the whole tree; raise ConfigErrors listing every problem found."""
+    errors = _Errors(str(path))
+    errors.unknown_keys(root, TOP_KEYS, "the registry")
+    folder = path.parent
+
+    db = errors.section(root, "database")
+    errors.unknown_keys(db, DATABASE_KEYS, "database")
+    embedded = errors.section(db, "embedded")
+    errors.unknown_keys(embedded, ("port",), "database.embedded")
+    database = DatabaseSpec(
+        uri=errors.typed(db, "uri", (str,), "database") or None,
+        name=errors.typed(db, "name", (str,), "database", "modelstream"),
+        embedded_port=errors.typed(embedded, "port", (int,), "database.embedded"),
+    )
+
+    data_dir = folder / errors.typed(root, "data_dir", (str,), "the registry", ".modelstream")
+
+    api_map = errors.section(root, "api")
+    errors.unknown_keys(api_map, API_KEYS, "api")
+    unix = errors.typed(api_map, "unix", (str,), "api")
+    api = ApiSpec(
+        listen=None if "listen" in api_map and api_map["listen"] is None
+        else errors.typed(api_map, "listen", (str,), "api", "127.0.0.1:7070"),
+        unix=str(folder / unix) if unix else str(data_dir / "api.sock"),
+        token=errors.typed(api_map, "token", (str,), "api") or None,
+        max_line_bytes=errors.typed(api_map, "max_line_bytes", (int,), "api", 1 << 20),
+        max_connections=errors.typed(api_map, "max_connections", (int,), "api", 256),
+        idle_timeout_s=float(errors.typed(api_map, "idle_timeout_s", (int, float), "api", 300.0)),
+    )
+
+    outputs_map = errors.section(root, "outputs")
+    errors.unknown_keys(outputs_map, OUTPUTS_KEYS, "outputs")
+    per_collection = errors.section(outputs_map, "collections")
+    for coll, store in per_collection.items():
+        if store not in STORES:
+            errors.add(f"outputs.collections.{coll} is {store!r}", per_collection.line_of(coll),
+                       f"choose one of: {', '.join(STORES)}")
+    outputs = OutputsSpec(
+        store=errors.choice(outputs_map, "store", STORES, "outputs", "inline"),
+        collections={str(k): v for k, v in per_collection.items() if v in STORES},
+    )
+
+    default_collection = errors.typed(root, "collection", (str,), "the registry")
+    models = _parse_models(errors, errors.section(root, "models"), default_collection)
+    indexes = _parse_indexes(errors, errors.section(root, "indexes"), models)
+
+    if errors.items:
+        raise ConfigErrors(errors.items)
+    return Registry(path=path, database=database, api=api, data_dir=data_dir, models=models,
+                    indexes=indexes, outputs=outputs)
+
+
+def _parse_models(errors: _Errors, section: Located, default_collection: str | None) -> dict[str, ModelSpec]:
+    raw: dict[str, Located] = {}
+    for name, body in section.items():
+        if not isinstance(body, Located):
+            errors.add(f"models.{name} must be a mapping with at least `object` and `key`", section.line_of(name))
+            continue
+        errors.unknown_keys(body, MODEL_KEYS, f"models.{name}")
+        raw[str(name)] = body
+
+    owners = _resolve_shared_objects(errors, raw)
+    models: dict[str, ModelSpec] = {}
+    for name, body in raw.items():
+        where = f"models.{name}"
+        obj = errors.typed(body, "object", (str,), where)
+        if obj is None:
+            errors.add(f"{where} has no `object`", body.line,
+                       "give an import path `module:attr`, or the name of another model to share its object")
+            continue
+        owner = owners.get(name)
+        owner_body = raw.get(owner, body) if owner else body
+        key = errors.typed(body, "key", (str,), where)
+        if key is None:
+            errors.add(f"{where} has no `key`", body.line, "name the document field the model reads, or `_base`")
+            continue
+        collection = (errors.typed(body, "collection", (str,), where)
+                      or errors.typed(owner_body, "collection", (str,), f"models.{owner}")
+                      or default_collection)
+        if collection is None:
+            errors.add(f"{where} has no `collection`", body.line,
+                       "add `collection: NAME` to the model, or a top-level `collection:` default")
+            continue
+        features = errors.typed(body, "features", (Located,), where, Located())
+        for field_name, upstream in features.items():
+            if upstream not in raw:
+                errors.add(f"{where}.features.{field_name} refers to unknown model {upstream!r}",
+                           features.line_of(field_name), _did_you_mean(str(upstream), raw))
+        batch_size = errors.typed(body, "batch_size", (int,), where, 64)
+        if batch_size < 1:
+            errors.add(f"{where}.batch_size must be at least 1", body.line_of("batch_size"))
+        models[name] = ModelSpec(
+            name=name,
+            object=obj if owner is None else errors.typed(owner_body, "object", (str,), f"models.{owner}"),
+            shares=owner,
+            key=key,
+            collection=collection,
+            args=body.get("args", owner_body.get("args") if owner else None),
+            features={str(k): str(v) for k, v in features.items()},
+            filter=errors.typed(body, "filter", (Located,), where),
+            active=errors.typed(body, "active", (bool,), where, True),
+            batch_size=max(batch_size, 1),
+            max_wait_ms=errors.typed(body, "max_wait_ms", (int,), where, 20),
+            device=errors.typed(body, "device", (str,), where, "auto"),
+            vector=errors.choice(body, "vector", VECTOR_FORMATS, where, "binary"),
+            line=body.line,
+        )
+    for model in models.values():
+        for upstream in model.features.values():
+            if upstream in models and models[upstream].collection != model.collection:
+                errors.add(f"models.{model.name} reads {upstream!r}, which runs on another collection "
+                           f"({models[upstream].collection!r})", model.line,
+                           "features chain models of the same collection")
+    return models
+
+
+def _resolve_shared_objects(errors: _Errors, raw: dict[str, Located]) -> dict[str, str]:
+    """Map each model whose `object` names another model to the model that owns the object."""
+    owners: dict[str, str] = {}
+    for name, body in raw.items():
+        obj = body.get("object")
+        if not isinstance(obj, str) or ":" in obj:
+            continue
+        seen = [name]
+        current = obj
+        while True:
+            if current not in raw:
+                errors.add(f"models.{name}.object {obj!r} is neither an import path nor a model",
+                           body.line_of("object"),
+                           _did_you_mean(obj, raw) or "write `module:attr`, e.g. `examples.models:CLIP`")
+                break
+            if current in seen:
+                errors.add(f"models share objects in a cycle: {' -> '.join(seen + [current])}",
+                           body.line_of("object"), "one of them must name an import path")
+                break
+            target = raw[current].get("object")
+            if not isinstance(target, str) or ":" in target:
+                owners[name] = current
+                break
+            seen.append(current)
+            current = target
+    return owners
+
+
+def _parse_indexes(errors: _Errors, section: Located, models: dict[str, ModelSpec]) -> dict[str, IndexSpec]:
+    indexes: dict[str, IndexSpec] = {}
+    for name, body in section.items():
+        where = f"indexes.{name}"
+        if not isinstance(body, Located):
+            errors.add(f"{where} must be a mapping with `models`", section.line_of(name))
+            continue
+        errors.unknown_keys(body, INDEX_KEYS, where)
+        names = body.get("models")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            errors.add(f"{where}.models must be a non-empty list of model names", body.line_of("models"),
+                       "the first model fills the index; the others embed queries")
+            continue
+        unknown = [n for n in names if n not in models]
+        for n in unknown:
+            errors.add(f"{where}.models refers to unknown model {n!r}", body.line_of("models"),
+                       _did_you_mean(n, models))
+        if unknown:
+            continue
+        if not models[names[0]].active:
+            errors.add(f"{where}: its first model {names[0]!r} is not active, so nothing would fill it",
+                       body.line_of("models"), "put the active model first; query models after it")
+        indexes[str(name)] = IndexSpec(
+            name=str(name),
+            models=tuple(names),
+            measure=errors.choice(body, "measure", MEASURES, where, "cosine"),
+            type=errors.choice(body, "type", INDEX_TYPES, where, "flat"),
+            line=body.line,
+        )
+    return indexes
+
+
+def _did_you_mean(name: str, known: dict) -> str | None:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean {close[0]!r}?" if close else (f"known models: {', '.join(known)}" if known else None)
