@@ -13,7 +13,7 @@ import numpy as np
 from bson.binary import Binary, BinaryVectorDtype
 
 VECTOR_SUBTYPE = 9
-_FLOAT32 = BinaryVectorDtype.FLOAT32.value
+_FLOAT32_HEADER = BinaryVectorDtype.FLOAT32.value + b"\x00"  # dtype byte, then padding 0
 
 
 def _as_numpy(value: Any) -> Any:
@@ -30,7 +30,7 @@ def to_stored(value: Any, vector_format: str = "binary") -> Any:
             vector = value.astype(np.float32, copy=False)
             if vector_format == "array":
                 return vector.tolist()
-            return Binary(bytes([_FLOAT32, 0]) + vector.tobytes(), VECTOR_SUBTYPE)
+            return Binary(_FLOAT32_HEADER + vector.tobytes(), VECTOR_SUBTYPE)
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
@@ -45,7 +45,7 @@ def vector_of(value: Any) -> np.ndarray | None:
     """A stored output as a float32 vector, or None when it is not one."""
     if isinstance(value, Binary) and value.subtype == VECTOR_SUBTYPE:
         raw = bytes(value)
-        if raw[0] != _FLOAT32:
+        if raw[:2] != _FLOAT32_HEADER:
             return np.asarray(value.as_vector().data, dtype=np.float32)
         return np.frombuffer(raw, dtype=np.float32, offset=2)
     if isinstance(value, np.ndarray):
