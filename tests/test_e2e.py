@@ -1,0 +1,211 @@
+"""End to end: `modelstream serve` as a subprocess, a real database, plain pymongo writes, the real socket."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from bson import ObjectId
+
+from conftest import wait_until, write_registry
+from modelstream.content import vector_of
+from toymodels import letters
+
+REGISTRY = """
+database: {{uri: "{uri}", name: {db}}}
+api: {{listen: null}}
+outputs: {{store: {store}}}
+models:
+  letters: {{object: "toymodels:letters", collection: docs, key: text, batch_size: 16}}
+  doubled: {{object: "toymodels:Scale", args: {{factor: 2.0}}, collection: docs, key: text,
+            features: {{text: letters}}}}
+  length:  {{object: "toymodels:length", collection: docs, key: title, filter: {{kind: "book"}}}}
+indexes:
+  letters: {{models: [letters], measure: cosine}}
+"""
+
+STORES = ["inline", "collection"]
+
+
+@pytest.fixture(params=STORES)
+def store(request):
+    return request.param
+
+
+@pytest.fixture
+def serve(tmp_path, mongo_server, db_name, serve_factory, store):
+    registry = write_registry(tmp_path, REGISTRY, uri=mongo_server.uri, db=db_name, store=store)
+    return serve_factory(registry)
+
+
+def outputs_of(db, store, doc_id):
+    """The `_outputs` of a document, wherever the store keeps them."""
+    holder = db.docs.find_one({"_id": doc_id}) if store == "inline" else db["_outputs.docs"].find_one({"_id": doc_id})
+    return (holder or {}).get("_outputs", {})
+
+
+def output(db, store, doc_id, path):
+    value = outputs_of(db, store, doc_id)
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def test_insert_computes_outputs_and_chains(serve, db, store):
+    """An insert gets its output, its chained output, and nothing for a filtered-out model."""
+    doc_id = db.docs.insert_one({"text": "hello", "title": "abc", "kind": "film"}).inserted_id
+    wait_until(lambda: output(db, store, doc_id, "text.doubled") is not None, message="chained output")
+    assert np.allclose(vector_of(output(db, store, doc_id, "text.letters")), letters("hello"))
+    assert np.allclose(vector_of(output(db, store, doc_id, "text.doubled")), 2 * letters("hello"))
+    assert output(db, store, doc_id, "title.length") is None  # filter: kind must be "book"
+
+
+def test_collection_store_never_writes_the_source(serve, db, store):
+    """In collection mode the user's document stays exactly as written; inline adds only reserved fields."""
+    doc_id = db.docs.insert_one({"text": "plain", "title": "x"}).inserted_id
+    wait_until(lambda: output(db, store, doc_id, "text.doubled") is not None)
+    doc = db.docs.find_one({"_id": doc_id})
+    if store == "collection":
+        assert doc == {"_id": doc_id, "text": "plain", "title": "x"}
+    else:
+        assert set(doc) == {"_id", "text", "title", "_outputs", "_modelstream"}
+
+
+def test_update_recomputes_only_what_changed(serve, db, store):
+    """Changing `text` recomputes letters and doubled; changing an unrelated field recomputes nothing."""
+    doc_id = db.docs.insert_one({"text": "abc", "title": "t", "kind": "book"}).inserted_id
+    wait_until(lambda: output(db, store, doc_id, "title.length") == 1)
+    db.docs.update_one({"_id": doc_id}, {"$set": {"text": "zzz"}})
+    wait_until(lambda: np.allclose(vector_of(output(db, store, doc_id, "text.doubled")), 2 * letters("zzz")),
+               message="recomputed chain")
+    before = serve.status()["models"]
+    db.docs.update_one({"_id": doc_id}, {"$set": {"year": 2020}})
+    marker = db.docs.insert_one({"text": "marker"}).inserted_id  # processed after the year update
+    wait_until(lambda: output(db, store, marker, "text.letters") is not None)
+    after = serve.status()["models"]
+    assert after["letters"]["done"] == before["letters"]["done"] + 1  # the marker only
+    assert after["length"]["done"] == before["length"]["done"]
+
+
+def test_filter_change_removes_output(serve, db, store):
+    """A document that stops matching a model's filter loses that model's output."""
+    doc_id = db.docs.insert_one({"text": "a", "title": "four", "kind": "book"}).inserted_id
+    wait_until(lambda: output(db, store, doc_id, "title.length") == 4)
+    db.docs.update_one({"_id": doc_id}, {"$set": {"kind": "film"}})
+    wait_until(lambda: output(db, store, doc_id, "title.length") is None, message="output removed")
+
+
+def test_search_by_field_id_and_vector(serve, db, store):
+    """Search answers over the socket by a query field, by a stored _id, and by a raw vector."""
+    ids = db.docs.insert_many([{"text": t} for t in ["aaaa", "bbbb", "cccc", "aaab"]]).inserted_ids
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 4)
+    with serve.client() as c:
+        by_field = c.search("letters", like={"text": "aaaa"}, n=2)
+        by_id = c.search("letters", like={"_id": ids[1]}, n=1)
+        by_vector = c.search("letters", vector=letters("cccc").tolist(), n=1)
+    assert [r["_id"] for r in by_field] == [ids[0], ids[3]]
+    assert by_field[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert by_id[0]["_id"] != ids[1]  # the query document itself is left out
+    assert by_vector[0]["_id"] == ids[2]
+
+
+def test_search_filter_and_project(serve, db, store):
+    """`filter` restricts results with a MongoDB query; `project` returns document fields."""
+    ids = db.docs.insert_many([{"text": "aaaa", "year": 2000}, {"text": "aaab", "year": 2020}]).inserted_ids
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 2)
+    with serve.client() as c:
+        results = c.search("letters", like={"text": "aaaa"}, n=5, filter={"year": {"$gte": 2010}},
+                           project=["year"])
+    assert [r["_id"] for r in results] == [ids[1]]
+    assert results[0]["document"] == {"year": 2020}
+
+
+def test_delete_leaves_index_and_outputs(serve, db, store):
+    """A deleted document leaves the search results (and, in collection mode, the side collection)."""
+    keep, gone = db.docs.insert_many([{"text": "keep"}, {"text": "gone"}]).inserted_ids
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 2)
+    db.docs.delete_one({"_id": gone})
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 1, message="vector removed")
+    with serve.client() as c:
+        assert [r["_id"] for r in c.search("letters", like={"text": "gone"}, n=5)] == [keep]
+    if store == "collection":
+        assert db["_outputs.docs"].find_one({"_id": gone}) is None
+
+
+def test_poison_document_does_not_stop_the_stream(serve, db, store):
+    """A document the model cannot process is recorded with its reason; the others go on."""
+    ids = db.docs.insert_many([{"text": "fine"}, {"text": "POISON pill"}, {"text": "also fine"}]).inserted_ids
+    wait_until(lambda: output(db, store, ids[2], "text.letters") is not None)
+    assert output(db, store, ids[0], "text.letters") is not None
+    error = wait_until(lambda: db["_modelstream.errors"].find_one({"_id.doc": ids[1]}), message="error entry")
+    assert error["_id"]["model"] == "letters" and "poisoned input" in error["error"]
+    assert output(db, store, ids[1], "text.letters") is None
+    later = db.docs.insert_one({"text": "after"}).inserted_id
+    wait_until(lambda: output(db, store, later, "text.letters") is not None, message="stream goes on")
+
+
+def test_malformed_and_unknown_requests(serve, db, store):
+    """Bad lines get `ok: false` with a code; the connection stays usable."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(serve.socket)
+        f = s.makefile("rwb")
+        for line, code in [(b"not json\n", "bad_json"), (b'{"id": 7, "op": "serch"}\n', "bad_request"),
+                           (b"[1, 2]\n", "bad_request"),
+                           (b'{"id": 8, "op": "search", "index": "nope", "vector": [1]}\n', "not_found"),
+                           (b'{"id": 9, "op": "search", "index": "letters", "n": -1, "vector": [1]}\n',
+                            "bad_request")]:
+            f.write(line)
+            f.flush()
+            response = __import__("json").loads(f.readline())
+            assert response["ok"] is False and response["error"]["code"] == code, (line, response)
+        f.write(b'{"id": 10, "op": "ping"}\n')
+        f.flush()
+        assert __import__("json").loads(f.readline()) == {"id": 10, "ok": True, "pong": True}
+
+
+def test_apply_and_models(serve, db, store):
+    """`apply` runs a model on a document given over the socket; `models` lists versions."""
+    with serve.client() as c:
+        output_value = c.apply("letters", {"text": "ab"})
+        listed = {m["name"]: m for m in c.models()}
+    assert output_value[:3] == [1.0, 1.0, 0.0]
+    assert set(listed) == {"letters", "doubled", "length"} and all(m["version"] for m in listed.values())
+
+
+def test_kill_restart_processes_writes_made_while_down(tmp_path, mongo_server, db_name, serve_factory, db, store):
+    """kill -9, then inserts, updates and deletes while down: a restart processes all of them."""
+    registry = write_registry(tmp_path, REGISTRY, uri=mongo_server.uri, db=db_name, store=store)
+    serve = serve_factory(registry)
+    a, b, c = db.docs.insert_many([{"text": "one"}, {"text": "two"}, {"text": "three"}]).inserted_ids
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 3)
+    serve.kill()
+    d = db.docs.insert_one({"text": "four"}).inserted_id
+    db.docs.update_one({"_id": a}, {"$set": {"text": "uno"}})
+    db.docs.delete_one({"_id": b})
+    serve = serve_factory(registry)
+    wait_until(lambda: output(db, store, d, "text.doubled") is not None, message="doc written while down")
+    wait_until(lambda: np.allclose(vector_of(output(db, store, a, "text.letters")), letters("uno")))
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 3)
+    with serve.client() as client:
+        found = {r["_id"] for r in client.search("letters", vector=letters("two").tolist(), n=10)}
+    assert found == {a, c, d}
+    if store == "collection":
+        wait_until(lambda: db["_outputs.docs"].find_one({"_id": b}) is None, message="orphan side doc removed")
+
+
+def test_sigterm_exits_zero(serve, db, store):
+    """SIGTERM: finish the batch in hand, checkpoint, exit 0; the resume point is saved."""
+    db.docs.insert_one({"text": "last"})
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 1)
+    assert serve.terminate() == 0
+    assert db["_modelstream.checkpoints"].find_one({"_id": "changes"})["token"]
+
+
+def test_unknown_object_id_search_is_not_found(serve, db, store):
+    """Searching like an _id that has no vector answers not_found, not a crash."""
+    from modelstream.errors import ApiError
+
+    with serve.client() as c, pytest.raises(ApiError) as info:
+        c.search("letters", like={"_id": ObjectId()}, n=1)
+    assert info.value.code == "not_found"
