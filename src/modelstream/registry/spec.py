@@ -230,14 +230,14 @@ def _parse_models(errors: _Errors, section: Located, default_collection: str | N
                        "give an import path `module:attr`, or the name of another model to share its object")
             continue
         owner = owners.get(name)
+        if ":" not in obj and owner is None:
+            continue  # a broken object reference, already reported
         owner_body = raw.get(owner, body) if owner else body
         key = errors.typed(body, "key", (str,), where)
         if key is None:
             errors.add(f"{where} has no `key`", body.line, "name the document field the model reads, or `_base`")
             continue
-        collection = (errors.typed(body, "collection", (str,), where)
-                      or errors.typed(owner_body, "collection", (str,), f"models.{owner}")
-                      or default_collection)
+        collection = _inherited_collection(name, raw, owners, set()) or default_collection
         if collection is None:
             errors.add(f"{where} has no `collection`", body.line,
                        "add `collection: NAME` to the model, or a top-level `collection:` default")
@@ -273,6 +273,25 @@ def _parse_models(errors: _Errors, section: Located, default_collection: str | N
                            f"({models[upstream].collection!r})", model.line,
                            "features chain models of the same collection")
     return models
+
+
+def _inherited_collection(name: str, raw: dict[str, Located], owners: dict[str, str], seen: set) -> str | None:
+    """A model's collection: its own, else its object owner's, else its upstream model's (as in the tutorial)."""
+    if name in seen or name not in raw:
+        return None
+    seen.add(name)
+    own = raw[name].get("collection")
+    if isinstance(own, str):
+        return own
+    candidates = [owners[name]] if name in owners else []
+    features = raw[name].get("features")
+    if isinstance(features, dict):
+        candidates += [str(v) for v in features.values()]
+    for other in candidates:
+        found = _inherited_collection(other, raw, owners, seen)
+        if found:
+            return found
+    return None
 
 
 def _resolve_shared_objects(errors: _Errors, raw: dict[str, Located]) -> dict[str, str]:
