@@ -83,8 +83,10 @@ def serve(config: ConfigOpt,
         logger.info("stopping: finishing the batch in hand", signal=signal.Signals(signum).name)
         stop.set()
 
+    reload_requested = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
     try:
         daemon = Daemon.open(plan)
     except ModelstreamError as exc:
@@ -98,6 +100,9 @@ def serve(config: ConfigOpt,
     daemon.start()
     logger.info("serving", registry=str(reg.path), database=daemon.uri, api=api.addresses)
     while not stop.wait(0.5):
+        if reload_requested.is_set():
+            reload_requested.clear()
+            _reload(daemon, config, logger)
         if daemon.thread is not None and not daemon.thread.is_alive():
             break
     failed = daemon.stats.phase == "failed"
@@ -105,6 +110,15 @@ def serve(config: ConfigOpt,
     daemon.close()
     logger.info("stopped", failed=failed)
     raise typer.Exit(1 if failed else 0)
+
+
+def _reload(daemon, config: Path, logger) -> None:
+    """SIGHUP: re-read the registry; validated first, so a bad file changes nothing and says why."""
+    try:
+        plan = registry.load(config)
+        daemon.reload(plan)
+    except ModelstreamError as exc:
+        logger.error("reload rejected: the running registry stays in force", error=str(exc))
 
 
 # -- clients of a running daemon --------------------------------------------------------------------
@@ -236,6 +250,67 @@ def apply(model: Annotated[str, typer.Argument(help="Model name.")],
     except ValueError as exc:
         _fail(f"the document is not JSON: {exc}")
     _print_json(_call(config, socket_, lambda c: c.apply(model, document)))
+
+
+@app.command("migrate-outputs")
+def migrate_outputs(
+        config: ConfigOpt,
+        to: Annotated[str, typer.Option("--to", help="The store to move outputs into: collection or inline.")],
+        collection: Annotated[Optional[list[str]], typer.Option(
+            "--collection", help="Only this collection (repeatable; default: every collection of the registry).")]
+        = None,
+        page: Annotated[int, typer.Option(help="Documents per page.")] = 500,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Move existing outputs between `inline` and `collection` (stop the daemon first; resumable)."""
+    import pymongo
+    from tqdm import tqdm
+
+    from modelstream.daemon.embedded import EmbeddedServer
+    from modelstream.daemon.migrate import STORES, migrate_collection, pending
+
+    if to not in STORES:
+        _fail(f"--to must be one of {', '.join(STORES)}, not {to!r}", 2)
+    reg = _load(config).registry
+    names = collection or reg.collections()
+    reg.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(reg.data_dir / "daemon.lock", "a+")  # noqa: SIM115 - held until we exit: no daemon starts meanwhile
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _fail(f"a modelstream daemon is serving {reg.data_dir} (lock {reg.data_dir / 'daemon.lock'}): stop it "
+              "first; it would keep writing outputs in the old store while they move", 3)
+    embedded = None
+    uri = reg.database.uri
+    if uri is None:
+        embedded = EmbeddedServer(reg.data_dir / "db", reg.database.embedded_port).start()
+        uri = embedded.uri
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000)
+    failed = 0
+    try:
+        db = client[reg.database.name]
+        for name in names:
+            with tqdm(total=pending(db, name, to), desc=name, unit="doc", disable=not progress) as bar:
+                done = migrate_collection(db, name, to, page=page, progress=bar.update)
+            resumed = f" (resumed after _id {done.resumed_from})" if done.resumed_from is not None else ""
+            typer.echo(f"{name}: {done.moved} documents' outputs moved to {to}{resumed}"
+                       + (f", {done.dropped} orphaned side documents dropped" if done.dropped else ""))
+            for failure in done.failed[:5]:
+                typer.echo(f"  {failure['_id']}: rejected (code {failure['code']}): {failure['message']}", err=True)
+            failed += len(done.failed)
+    except pymongo.errors.PyMongoError as exc:
+        _fail(f"migration interrupted: {exc} (rerun the same command: it continues where it stopped)")
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+    stale = [n for n in names if reg.outputs.store_for(n) != to]
+    if stale:
+        typer.echo(f"now set the store in {config} before starting the daemon, e.g. "
+                   f"`outputs: {{collections: {{{', '.join(f'{n}: {to}' for n in stale)}}}}}` "
+                   "(otherwise it recomputes every output into the old store)")
+    if failed:
+        _fail(f"{failed} documents were rejected and kept their outputs where they were", 1)
 
 
 def main() -> None:  # pragma: no cover - `python -m modelstream`

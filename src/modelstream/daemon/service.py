@@ -71,6 +71,30 @@ class Daemon:
         self.thread = threading.Thread(target=self._run, name="follower", daemon=True)
         self.thread.start()
 
+    def reload(self, plan: Plan) -> bool:
+        """Swap in a validated registry: stop the follower after its batch, load the new models, restart.
+
+        The new plan's versions decide what is recomputed (a changed model and its downstream);
+        unchanged outputs are kept and their vectors reloaded by the start-up scan.
+        Returns False (and changes nothing) when the database or the API would change: restart for those.
+        """
+        old = self.plan.registry
+        new = plan.registry
+        if (new.database, new.api, new.data_dir) != (old.database, old.api, old.data_dir):
+            logger.error("reload refused: database, api or data_dir changed", hint="restart the daemon for those")
+            return False
+        models = load_models(new, plan.versions)  # may raise ConfigErrors: nothing has changed yet
+        self.stop_event.set()
+        if self.thread is not None:
+            self.thread.join()
+        self.plan, self.models = plan, models
+        self.indexes = {name: VectorIndex(name, spec.measure, spec.type) for name, spec in new.indexes.items()}
+        self.stop_event = threading.Event()
+        self.stats.phase = "reloading"
+        self.start()
+        logger.info("registry reloaded", models=list(models), indexes=list(self.indexes))
+        return True
+
     def _run(self) -> None:
         try:
             self.follower.run(self.stop_event)

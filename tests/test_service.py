@@ -1,0 +1,88 @@
+"""Running it as a service: reload on SIGHUP, one daemon per data directory, token off loopback, limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from conftest import TESTS, wait_until, write_registry
+
+BASE = """
+database: {{uri: "{uri}", name: {db}}}
+api: {{listen: {listen}}}
+models:
+  letters: {{object: "toymodels:letters", collection: docs, key: text}}
+{extra}
+indexes:
+  letters: {{models: [letters]}}
+"""
+
+
+def registry(tmp_path, mongo_server, db_name, extra: str = "", listen: str = "null"):
+    return write_registry(tmp_path, BASE, uri=mongo_server.uri, db=db_name, extra=extra, listen=listen)
+
+
+def run_serve(path, timeout_s: float = 60):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    return subprocess.run([sys.executable, "-m", "modelstream", "serve", "-c", str(path)], capture_output=True,
+                          text=True, env=env, timeout=timeout_s)
+
+
+def test_sighup_with_bad_file_changes_nothing_then_good_file_applies(tmp_path, mongo_server, db_name, db,
+                                                                     serve_factory):
+    """A broken registry on SIGHUP is refused; a valid one adds its new model, which backfills."""
+    path = registry(tmp_path, mongo_server, db_name)
+    serve = serve_factory(path)
+    doc_id = db.docs.insert_one({"text": "abc"}).inserted_id
+    wait_until(lambda: (db.docs.find_one({"_id": doc_id}) or {}).get("_outputs"))
+    path.write_text(path.read_text() + "\n  broken: [unclosed\n")
+    serve.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: "reload rejected" in serve.log.read_text(), message="rejection logged")
+    with serve.client() as c:
+        assert [m["name"] for m in c.models()] == ["letters"]
+    registry(tmp_path, mongo_server, db_name,
+             extra='  length: {object: "toymodels:length", collection: docs, key: text}')
+    serve.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: db.docs.find_one({"_id": doc_id}).get("_outputs", {}).get("text", {}).get("length") == 3,
+               message="new model backfilled")
+    with serve.client() as c:
+        assert sorted(m["name"] for m in c.models()) == ["length", "letters"]
+        assert c.status()["indexes"]["letters"]["size"] == 1
+
+
+def test_second_daemon_on_same_data_dir_refuses(tmp_path, mongo_server, db_name, serve_factory):
+    """The lock file keeps a second daemon off the same data directory."""
+    path = registry(tmp_path, mongo_server, db_name)
+    serve_factory(path)
+    second = run_serve(path)
+    assert second.returncode == 3 and "another modelstream daemon" in second.stderr
+
+
+def test_token_required_off_loopback(tmp_path, mongo_server, db_name):
+    """Listening on a non-loopback address without api.token refuses to start, saying why."""
+    result = run_serve(registry(tmp_path, mongo_server, db_name, listen='"0.0.0.0:0"'))
+    assert result.returncode == 2 and "api.token" in result.stderr
+
+
+def test_oversize_line_is_answered_and_daemon_keeps_serving(tmp_path, mongo_server, db_name, serve_factory):
+    """A line over the limit gets `too_large`; other clients are unaffected."""
+    serve = serve_factory(registry(tmp_path, mongo_server, db_name))
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(serve.socket)
+        s.sendall(b'{"op": "ping", "pad": "' + b"x" * (1 << 20) + b'"}\n')
+        reply = json.loads(s.makefile("rb").readline())
+    assert reply["ok"] is False and reply["error"]["code"] == "too_large"
+    with serve.client() as c:
+        assert c.ping() is True
+
+
+def test_unix_socket_mode_and_removal(tmp_path, mongo_server, db_name, serve_factory):
+    """The Unix socket is created 0660 and removed on a clean exit."""
+    serve = serve_factory(registry(tmp_path, mongo_server, db_name))
+    assert oct(os.stat(serve.socket).st_mode & 0o777) == "0o660"
+    assert serve.terminate() == 0
+    assert not os.path.exists(serve.socket)
