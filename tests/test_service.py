@@ -86,3 +86,31 @@ def test_unix_socket_mode_and_removal(tmp_path, mongo_server, db_name, serve_fac
     assert oct(os.stat(serve.socket).st_mode & 0o777) == "0o660"
     assert serve.terminate() == 0
     assert not os.path.exists(serve.socket)
+
+
+def test_metrics_parse_and_match_the_workload(tmp_path, mongo_server, db_name, db, serve_factory):
+    """`metrics` (socket) and HTTP /metrics parse as Prometheus text; counters match what was done."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from modelstream.daemon.embedded import free_port
+
+    port = free_port()
+    path = registry(tmp_path, mongo_server, db_name)
+    path.write_text(path.read_text().replace("api: {listen: null}",
+                                             f'api: {{listen: null, metrics_listen: "127.0.0.1:{port}"}}'))
+    serve = serve_factory(path)
+    db.docs.insert_many([{"text": "abc"}, {"text": "POISON"}, {"text": "xyz"}])
+    wait_until(lambda: serve.status()["models"].get("letters", {}).get("failed") == 1)
+    with serve.client() as c:
+        c.search("letters", like={"text": "abc"}, n=1)
+        text = c.request("metrics")["metrics"]
+    http_text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for body in (text, http_text):
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(body) for s in family.samples}
+        assert samples[("modelstream_documents_processed_total", (("model", "letters"),))] == 2
+        assert samples[("modelstream_documents_failed_total", (("model", "letters"),))] == 1
+        assert samples[("modelstream_index_vectors", (("index", "letters"),))] == 2
+        assert samples[("modelstream_search_seconds_count", ())] == 1

@@ -97,6 +97,7 @@ def serve(config: ConfigOpt,
     except (ModelstreamError, OSError) as exc:
         daemon.close()
         _fail(f"cannot start the API: {exc}", 2)
+    metrics_server = _start_metrics(reg.api.metrics_listen, daemon, logger)
     daemon.start()
     logger.info("serving", registry=str(reg.path), database=daemon.uri, api=api.addresses)
     while not stop.wait(0.5):
@@ -107,9 +108,25 @@ def serve(config: ConfigOpt,
             break
     failed = daemon.stats.phase == "failed"
     api.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
     daemon.close()
     logger.info("stopped", failed=failed)
     raise typer.Exit(1 if failed else 0)
+
+
+def _start_metrics(listen: Optional[str], daemon, logger):
+    """Prometheus scrapes `GET /metrics` at api.metrics_listen (HOST:PORT); None when not configured."""
+    if not listen:
+        return None
+    from prometheus_client import start_http_server
+
+    from modelstream.api.server import parse_listen
+
+    host, port = parse_listen(listen)
+    server, _thread = start_http_server(port, addr=host, registry=daemon.stats.registry)
+    logger.info("metrics listening", address=f"{host}:{server.server_address[1]}")
+    return server
 
 
 def _reload(daemon, config: Path, logger) -> None:

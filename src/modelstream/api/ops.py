@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import time
+
 import numpy as np
+from prometheus_client import generate_latest
 
 from modelstream.content import decode_input, to_stored, vector_of
 from modelstream.daemon.documents import id_key
@@ -19,7 +22,8 @@ class Operations:
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
         self.handlers = {"ping": self.ping, "search": self.search, "apply": self.apply,
-                         "models": self.models, "status": self.status}
+                         "models": self.models, "status": self.status,
+                         "metrics": self.metrics}
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -30,6 +34,10 @@ class Operations:
 
     def ping(self, request: dict) -> dict:
         return {"pong": True}
+
+    def metrics(self, request: dict) -> dict:
+        """Prometheus text exposition, the same as the HTTP /metrics endpoint."""
+        return {"metrics": generate_latest(self.daemon.stats.registry).decode()}
 
     def status(self, request: dict) -> dict:
         return {"status": self.daemon.status()}
@@ -69,6 +77,13 @@ class Operations:
     # -- search ------------------------------------------------------------------------------------
 
     def search(self, request: dict) -> dict:
+        started = time.perf_counter()
+        try:
+            return self._search(request)
+        finally:
+            self.daemon.stats.m_search.observe(time.perf_counter() - started)
+
+    def _search(self, request: dict) -> dict:
         index_name = request.get("index")
         if index_name is None and len(self.daemon.indexes) == 1:
             index_name = next(iter(self.daemon.indexes))

@@ -89,8 +89,7 @@ class Follower:
     def _back_off(self, stop: threading.Event, exc: Exception, failures: int) -> int:
         delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
         self.stats.phase, self.stats.connection = "retrying", "lost"
-        self.stats.retries += 1
-        self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        self.stats.retry(f"{type(exc).__name__}: {exc}"[:500])
         logger.warning("database unreachable; retrying", error=self.stats.last_error, retry_in_s=delay,
                        attempt=failures + 1)
         stop.wait(delay)

@@ -108,7 +108,11 @@ class Processor:
         model = self.models[name]
         started = time.perf_counter()
         for part in chunks(todo, spec.batch_size):
+            self.stats.in_progress[name] = len(part)
+            batch_started = time.perf_counter()
             outputs, errors = self._predict(model, [value for _, value, _ in part])
+            self.stats.model_batch(name, time.perf_counter() - batch_started)
+            self.stats.in_progress[name] = 0
             failed = []
             for (item, _, fp), output, error in zip(part, outputs, errors):
                 if error is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pymongo
+from prometheus_client.core import GaugeMetricFamily
 
 from modelstream import log
 from modelstream.daemon.checkpoint import Checkpoints
@@ -57,6 +58,9 @@ class Daemon:
                               hint="change streams need a replica set: check database.uri") from exc
         indexes = {name: VectorIndex(name, spec.measure, spec.type) for name, spec in registry.indexes.items()}
         return cls(plan=plan, models=models, client=client, uri=uri, embedded=embedded, indexes=indexes)
+
+    def __post_init__(self) -> None:
+        self.stats.registry.register(_IndexCollector(self))
 
     @property
     def db(self):
@@ -120,3 +124,19 @@ class Daemon:
         self.client.close()
         if self.embedded is not None:
             self.embedded.stop()
+
+
+class _IndexCollector:
+    """Index sizes read at scrape time, so a reload's new indexes show up without re-registering."""
+
+    def __init__(self, daemon: Daemon):
+        self.daemon = daemon
+
+    def collect(self):
+        size = GaugeMetricFamily("modelstream_index_vectors", "Vectors in each index", labels=["index"])
+        nbytes = GaugeMetricFamily("modelstream_index_bytes", "Vector bytes held by each index", labels=["index"])
+        for name, index in self.daemon.indexes.items():
+            size.add_metric([name], len(index))
+            nbytes.add_metric([name], index.nbytes())
+        yield size
+        yield nbytes

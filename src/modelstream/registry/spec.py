@@ -36,6 +36,7 @@ class ApiSpec:
     max_line_bytes: int = 1 << 20
     max_connections: int = 256
     idle_timeout_s: float = 300.0
+    metrics_listen: str | None = None  # HOST:PORT of an HTTP /metrics endpoint (Prometheus)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ class _Errors:
 
 TOP_KEYS = ("database", "data_dir", "api", "models", "indexes", "outputs", "collection")
 DATABASE_KEYS = ("uri", "name", "embedded")
-API_KEYS = ("listen", "unix", "token", "max_line_bytes", "max_connections", "idle_timeout_s")
+API_KEYS = ("listen", "unix", "token", "max_line_bytes", "max_connections", "idle_timeout_s", "metrics_listen")
 MODEL_KEYS = ("object", "args", "collection", "key", "features", "filter", "active", "batch_size",
               "max_wait_ms", "device", "vector")
 INDEX_KEYS = ("models", "measure", "type")
@@ -187,6 +188,7 @@ def parse(root: Located, path: Path) -> Registry:
         max_line_bytes=errors.typed(api_map, "max_line_bytes", (int,), "api", 1 << 20),
         max_connections=errors.typed(api_map, "max_connections", (int,), "api", 256),
         idle_timeout_s=float(errors.typed(api_map, "idle_timeout_s", (int, float), "api", 300.0)),
+        metrics_listen=errors.typed(api_map, "metrics_listen", (str,), "api"),
     )
 
     outputs_map = errors.section(root, "outputs")
