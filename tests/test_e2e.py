@@ -209,3 +209,23 @@ def test_unknown_object_id_search_is_not_found(serve, db, store):
     with serve.client() as c, pytest.raises(ApiError) as info:
         c.search("letters", like={"_id": ObjectId()}, n=1)
     assert info.value.code == "not_found"
+
+
+def test_restart_loads_snapshot_and_catches_up(tmp_path, mongo_server, db_name, serve_factory, db, store):
+    """SIGTERM writes an index snapshot; a restart loads it and applies writes made while down."""
+    registry = write_registry(tmp_path, REGISTRY, uri=mongo_server.uri, db=db_name, store=store)
+    serve = serve_factory(registry)
+    ids = db.docs.insert_many([{"text": t} for t in ("red", "green", "blue")]).inserted_ids
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 3)
+    assert serve.terminate() == 0
+    snapshot = tmp_path / ".modelstream" / "indexes" / "letters.snapshot"
+    assert snapshot.exists()
+    db.docs.delete_one({"_id": ids[0]})
+    db.docs.update_one({"_id": ids[1]}, {"$set": {"text": "yellow"}})
+    serve = serve_factory(registry)
+    assert "index snapshot loaded" in serve.log.read_text()
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 2, message="deleted vector gone")
+    with serve.client() as c:
+        wait_until(lambda: c.search("letters", vector=letters("yellow").tolist(), n=1)[0]["_id"] == ids[1]
+                   and c.search("letters", vector=letters("yellow").tolist(), n=1)[0]["score"] > 0.999,
+                   message="updated vector replaced")

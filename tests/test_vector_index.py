@@ -61,3 +61,101 @@ def test_dimension_mismatch_is_an_error(vectors):
     index.upsert([1], vectors[:1])
     with pytest.raises(ValueError, match="16-d"):
         index.upsert([2], np.ones((1, 3), dtype=np.float32))
+
+
+def _recall(index, flat, queries, k=10):
+    hits = 0
+    for q in queries:
+        truth = {i for i, _ in flat.search(q, k)}
+        hits += len(truth & {i for i, _ in index.search(q, k)})
+    return hits / (k * len(queries))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_recall_against_flat(kind):
+    """hnsw and ivf find at least 95% of flat's top 10 on clustered data."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(50, 32))
+    data = (centres[rng.integers(0, 50, 5000)] + 0.3 * rng.normal(size=(5000, 32))).astype(np.float32)
+    flat, approx = VectorIndex("f", "cosine"), VectorIndex("a", "cosine", kind)
+    flat.upsert(list(range(5000)), data)
+    approx.upsert(list(range(5000)), data)
+    assert _recall(approx, flat, data[:100]) >= 0.95
+
+
+def test_ivf_stays_flat_until_trained():
+    """IVF answers exactly before it has enough vectors to train, then trains once."""
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(3000, 8)).astype(np.float32)
+    index = VectorIndex("i", "l2", "ivf")
+    index.upsert(list(range(100)), data[:100])
+    assert not index._trained_ivf and index.search(data[5], 1)[0][0] == 5
+    index.upsert(list(range(100, 3000)), data[100:])
+    assert index._trained_ivf and len(index) == 3000
+    index.remove([7])
+    assert 7 not in [i for i, _ in index.search(data[7], 5)] and len(index) == 2999
+
+
+def test_hnsw_tombstones_are_skipped_and_rebuilt_away():
+    """Removed HNSW entries never come back; past the threshold a background rebuild clears them."""
+    import time
+
+    from modelstream.indexers import vector_index
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(4000, 16)).astype(np.float32)
+    index = VectorIndex("h", "cosine", "hnsw")
+    index.upsert(list(range(4000)), data)
+    index.remove(list(range(500)))
+    assert index.tombstones == 500
+    assert all(i >= 500 for i, _ in index.search(data[10], 20))
+    index.remove(list(range(500, 1500)))  # 1500 dead of 4000: over the threshold
+    deadline = time.monotonic() + 30
+    while index.tombstones and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert index.tombstones == 0 and len(index) == 2500
+    assert vector_index.TOMBSTONE_REBUILD_MIN <= 1500
+    assert index.search(data[2000], 1)[0][0] == 2000
+
+
+def test_unchanged_upsert_is_a_no_op(vectors):
+    """Upserting the same vector again (a replay or a rescan) keeps the same internal entry."""
+    index = VectorIndex("t", "cosine", "hnsw")
+    index.upsert([1, 2], vectors[:2])
+    index.upsert([1, 2], vectors[:2])
+    assert index.tombstones == 0 and len(index) == 2
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_snapshot_round_trip(tmp_path, kind):
+    """A saved index loads back with the same ids, vectors, answers and tombstones."""
+    from modelstream.indexers import load_snapshot, save_snapshot
+
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(3000, 8)).astype(np.float32)
+    ids = [ObjectId() for _ in data]
+    index = VectorIndex("s", "cosine", kind)
+    index.upsert(ids, data)
+    index.remove(ids[:10])
+    save_snapshot(index, tmp_path / "s.snapshot", "v1", resume_token={"_data": "abc"})
+    loaded = VectorIndex("s", "cosine", kind)
+    meta = load_snapshot(loaded, tmp_path / "s.snapshot", "v1")
+    assert meta["resume_token"] == {"_data": "abc"}
+    assert len(loaded) == len(index) == 2990 and loaded.tombstones == index.tombstones
+    assert loaded.search(data[100], 3) == index.search(data[100], 3)
+    assert ids[0] not in loaded
+
+
+def test_corrupt_or_mismatched_snapshot_is_refused(tmp_path, vectors):
+    """A damaged file, another model version or another measure: not loaded, index left empty."""
+    from modelstream.indexers import load_snapshot, save_snapshot
+
+    index = VectorIndex("s", "cosine")
+    index.upsert(list(range(len(vectors))), vectors)
+    path = tmp_path / "s.snapshot"
+    save_snapshot(index, path, "v1")
+    assert load_snapshot(VectorIndex("s", "cosine"), path, "v2") is None
+    assert load_snapshot(VectorIndex("s", "l2"), path, "v1") is None
+    path.write_bytes(path.read_bytes()[:100])
+    fresh = VectorIndex("s", "cosine")
+    assert load_snapshot(fresh, path, "v1") is None and len(fresh) == 0

@@ -21,7 +21,7 @@ from modelstream.daemon.follower import Follower
 from modelstream.daemon.processor import Processor
 from modelstream.daemon.stats import Stats
 from modelstream.errors import ServerError
-from modelstream.indexers import VectorIndex
+from modelstream.indexers import VectorIndex, index_for, load_snapshot, save_snapshot
 from modelstream.registry import Model, Plan, load_models
 
 logger = log.get("modelstream.daemon")
@@ -56,8 +56,39 @@ class Daemon:
                 embedded.stop()
             raise ServerError(f"cannot reach the database at {uri}: {exc}",
                               hint="change streams need a replica set: check database.uri") from exc
-        indexes = {name: VectorIndex(name, spec.measure, spec.type) for name, spec in registry.indexes.items()}
-        return cls(plan=plan, models=models, client=client, uri=uri, embedded=embedded, indexes=indexes)
+        daemon = cls(plan=plan, models=models, client=client, uri=uri, embedded=embedded)
+        daemon.indexes = daemon.load_indexes()
+        return daemon
+
+    # -- index snapshots: searchable at once after a restart; the start-up scan then corrects them ------
+
+    def snapshot_path(self, name: str):
+        return self.plan.registry.data_dir / "indexes" / f"{name}.snapshot"
+
+    def _source_version(self, name: str) -> str:
+        return self.plan.versions[self.plan.registry.indexes[name].source_model]
+
+    def load_indexes(self) -> dict[str, VectorIndex]:
+        indexes = {}
+        for name, spec in self.plan.registry.indexes.items():
+            indexes[name] = index_for(spec)
+            load_snapshot(indexes[name], self.snapshot_path(name), self._source_version(name))
+        return indexes
+
+    def save_indexes(self) -> None:
+        """Snapshot every index with the resume point it reflects (best effort: the index is derived)."""
+        token = Checkpoints(self.db).load() if self.stats.connection == "connected" else None
+        for name, index in self.indexes.items():
+            try:
+                size = save_snapshot(index, self.snapshot_path(name), self._source_version(name), token)
+                logger.info("index snapshot written", index=name, vectors=len(index), bytes=size)
+            except OSError as exc:
+                logger.error("index snapshot failed", index=name, error=str(exc), hint="check data_dir's disk")
+
+    def _snapshot_timer(self) -> None:
+        interval = self.plan.registry.snapshot_every_s
+        while interval > 0 and not self.stop_event.wait(interval):
+            self.save_indexes()
 
     def __post_init__(self) -> None:
         self.stats.registry.register(_IndexCollector(self))
@@ -74,6 +105,7 @@ class Daemon:
         self.follower = self.build()
         self.thread = threading.Thread(target=self._run, name="follower", daemon=True)
         self.thread.start()
+        threading.Thread(target=self._snapshot_timer, name="snapshots", daemon=True).start()
 
     def reload(self, plan: Plan) -> bool:
         """Swap in a validated registry: stop the follower after its batch, load the new models, restart.
@@ -91,8 +123,9 @@ class Daemon:
         self.stop_event.set()
         if self.thread is not None:
             self.thread.join()
+        self.save_indexes()
         self.plan, self.models = plan, models
-        self.indexes = {name: VectorIndex(name, spec.measure, spec.type) for name, spec in new.indexes.items()}
+        self.indexes = self.load_indexes()
         self.stop_event = threading.Event()
         self.stats.phase = "reloading"
         self.start()
@@ -121,6 +154,7 @@ class Daemon:
         self.stop_event.set()
         if self.thread is not None:
             self.thread.join(timeout_s)
+        self.save_indexes()
         self.client.close()
         if self.embedded is not None:
             self.embedded.stop()

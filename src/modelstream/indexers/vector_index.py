@@ -1,40 +1,68 @@
 """One FAISS index per registry `indexes` entry, keyed by document `_id`.
 
 FAISS wants int64 ids; documents have ObjectIds (or any BSON value). The index keeps a two-way
-map. Every mutation and search holds one lock, so a search never sees a half-applied batch;
-batches are applied in one call so the lock is held briefly.
+map and gives every stored vector a fresh int, so a replace is "retire the old int, add a new
+one" for every index type. Flat and IVF remove retired ints at once; HNSW cannot remove, so
+retired ints become tombstones that searches skip, and a background rebuild clears them when
+they pass a threshold. Every mutation and search holds one lock (a search never sees a
+half-applied batch); a rebuild copies the live vectors under the lock, builds outside it, and
+swaps in under it again, replaying what changed meanwhile.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import bson
 import faiss
 import numpy as np
 
+from modelstream import log
 from modelstream.errors import ApiError
+
+logger = log.get("modelstream.index")
+
+TOMBSTONE_REBUILD_FRACTION = 0.25  # rebuild an HNSW index once this share of its entries is dead
+TOMBSTONE_REBUILD_MIN = 1000
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    m: int = 32  # HNSW neighbours per node
+    ef_construction: int = 80
+    ef_search: int = 64
+    nlist: int = 0  # IVF lists; 0: about 4*sqrt(n) when trained
+    nprobe: int = 16
+    extra: dict = field(default_factory=dict)
 
 
 def _hashable(doc_id: Any) -> Hashable:
-    if isinstance(doc_id, Hashable) and not isinstance(doc_id, (dict, list)):
-        return doc_id
-    return bson.encode({"_id": doc_id})
+    if isinstance(doc_id, (dict, list)):
+        return bson.encode({"_id": doc_id})
+    return doc_id
 
 
 class VectorIndex:
-    def __init__(self, name: str, measure: str = "cosine", kind: str = "flat"):
+    def __init__(self, name: str, measure: str = "cosine", kind: str = "flat", params: IndexParams | None = None):
         self.name = name
         self.measure = measure
         self.kind = kind
+        self.params = params or IndexParams()
         self.dim: int | None = None
-        self._index: faiss.IndexIDMap2 | None = None
+        self._index: Any = None
+        self._trained_ivf = False
         self._int_of: dict[Hashable, int] = {}
         self._id_of: dict[int, Any] = {}
+        self._dead: set[int] = set()  # HNSW tombstones
         self._next = 0
         self._lock = threading.RLock()
+        self._rebuilding = False
+        self._journal: list[tuple[str, list, np.ndarray | None]] | None = None  # mutations during a rebuild
+
+    # -- facts ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:
         with self._lock:
@@ -49,13 +77,45 @@ class VectorIndex:
             return list(self._id_of.values())
 
     def nbytes(self) -> int:
+        """Bytes FAISS holds for this index: vectors, ids, and the HNSW graph (an estimate, cheap to compute)."""
         with self._lock:
-            return 0 if self._index is None else self._index.ntotal * (self.dim or 0) * 4
+            if self._index is None:
+                return 0
+            n, dim = self._index.ntotal, self.dim or 0
+            per_vector = dim * 4 + 16  # the float32 vector, its id both ways
+            if self.kind == "hnsw":
+                per_vector += self.params.m * 2 * 4 + 8  # level-0 neighbours, offsets
+            return n * per_vector
 
-    def _create(self, dim: int) -> None:
+    @property
+    def tombstones(self) -> int:
+        with self._lock:
+            return len(self._dead)
+
+    # -- building --------------------------------------------------------------------------------
+
+    def _metric(self) -> int:
+        return faiss.METRIC_L2 if self.measure == "l2" else faiss.METRIC_INNER_PRODUCT
+
+    def _new_faiss(self, dim: int, training: np.ndarray | None = None) -> Any:
+        if self.kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(dim, self.params.m, self._metric())
+            inner.hnsw.efConstruction = self.params.ef_construction
+            inner.hnsw.efSearch = self.params.ef_search
+            return faiss.IndexIDMap2(inner)
+        if self.kind == "ivf" and training is not None:
+            nlist = self.params.nlist or max(1, min(int(4 * np.sqrt(len(training))), len(training) // 39))
+            quantizer = faiss.IndexFlatL2(dim) if self.measure == "l2" else faiss.IndexFlatIP(dim)
+            ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, self._metric())
+            ivf.train(training)
+            ivf.nprobe = self.params.nprobe
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct and remove by id
+            return ivf
         inner = faiss.IndexFlatL2(dim) if self.measure == "l2" else faiss.IndexFlatIP(dim)
-        self._index = faiss.IndexIDMap2(inner)
-        self.dim = dim
+        return faiss.IndexIDMap2(inner)
+
+    def _ivf_train_size(self) -> int:
+        return max(256, 39 * (self.params.nlist or 64))
 
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -68,45 +128,116 @@ class VectorIndex:
             faiss.normalize_L2(vectors)
         return vectors
 
+    # -- mutations ---------------------------------------------------------------------------------
+
     def upsert(self, doc_ids: Sequence[Any], vectors: np.ndarray | Sequence[np.ndarray]) -> None:
-        """Add or replace the vectors of these documents, atomically for searches."""
+        """Add or replace the vectors of these documents, atomically for searches; unchanged ones cost nothing."""
         if len(doc_ids) == 0:
             return
         matrix = np.vstack([np.asarray(v, dtype=np.float32).ravel() for v in vectors])
         with self._lock:
             if self._index is None:
-                self._create(matrix.shape[1])
+                self.dim = matrix.shape[1]
+                self._index = self._new_faiss(self.dim)
             matrix = self._prepare(matrix)
-            self._remove_locked(doc_ids)
-            ints = np.empty(len(doc_ids), dtype=np.int64)
-            for i, doc_id in enumerate(doc_ids):
-                key = _hashable(doc_id)
-                ints[i] = self._next
-                self._int_of[key] = self._next
-                self._id_of[self._next] = doc_id
-                self._next += 1
+            keep = np.ones(len(doc_ids), dtype=bool)
+            replaced = []
+            for row, doc_id in enumerate(doc_ids):
+                old = self._int_of.get(_hashable(doc_id))
+                if old is None:
+                    continue
+                if np.array_equal(self._index.reconstruct(old), matrix[row]):
+                    keep[row] = False  # the same vector again (a replay, a rescan): nothing to do
+                else:
+                    replaced.append(doc_id)
+            self._retire(replaced)
+            ids = [d for d, k in zip(doc_ids, keep) if k]
+            if not ids:
+                return
+            matrix = matrix[keep]
+            ints = np.arange(self._next, self._next + len(ids), dtype=np.int64)
+            self._next += len(ids)
+            for i, doc_id in zip(ints.tolist(), ids):
+                self._int_of[_hashable(doc_id)] = i
+                self._id_of[i] = doc_id
             self._index.add_with_ids(matrix, ints)
+            if self._journal is not None:
+                self._journal.append(("add", ints.tolist(), matrix))
+            if self.kind == "ivf" and not self._trained_ivf and len(self._id_of) >= self._ivf_train_size():
+                self._train_ivf()
 
     def remove(self, doc_ids: Iterable[Any]) -> int:
         with self._lock:
-            return self._remove_locked(doc_ids)
+            return self._retire(doc_ids)
 
-    def _remove_locked(self, doc_ids: Iterable[Any]) -> int:
+    def _retire(self, doc_ids: Iterable[Any]) -> int:
         ints = []
         for doc_id in doc_ids:
             i = self._int_of.pop(_hashable(doc_id), None)
             if i is not None:
                 del self._id_of[i]
                 ints.append(i)
-        if ints and self._index is not None:
+        if not ints or self._index is None:
+            return len(ints)
+        if self._journal is not None:
+            self._journal.append(("remove", ints, None))
+        if self.kind == "hnsw":
+            self._dead.update(ints)
+            self._maybe_rebuild()
+        else:
             self._index.remove_ids(np.asarray(ints, dtype=np.int64))
         return len(ints)
 
     def clear(self) -> None:
         with self._lock:
-            self._index, self.dim = None, None
+            self._index, self.dim, self._trained_ivf = None, None, False
             self._int_of.clear()
             self._id_of.clear()
+            self._dead.clear()
+
+    def _live_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        ints = np.fromiter(self._id_of.keys(), dtype=np.int64, count=len(self._id_of))
+        if len(ints) == 0:
+            return ints, np.zeros((0, self.dim or 0), dtype=np.float32)
+        return ints, np.vstack([self._index.reconstruct(int(i)) for i in ints])
+
+    def _train_ivf(self) -> None:
+        """IVF needs training data: it stays flat until there is enough, then trains once on what it has."""
+        ints, matrix = self._live_matrix()
+        index = self._new_faiss(self.dim, training=matrix)
+        index.add_with_ids(matrix, ints)
+        self._index, self._trained_ivf = index, True
+        logger.info("ivf trained", index=self.name, vectors=len(ints), nlist=index.nlist)
+
+    def _maybe_rebuild(self) -> None:
+        dead = len(self._dead)
+        if self._rebuilding or dead < TOMBSTONE_REBUILD_MIN or dead < TOMBSTONE_REBUILD_FRACTION * self._index.ntotal:
+            return
+        self._rebuilding = True
+        ints, matrix = self._live_matrix()
+        self._journal = []
+        threading.Thread(target=self._rebuild, args=(ints, matrix), name=f"rebuild-{self.name}", daemon=True).start()
+
+    def _rebuild(self, ints: np.ndarray, matrix: np.ndarray) -> None:
+        """Build a tombstone-free copy outside the lock; swap it in, replaying mutations made meanwhile."""
+        try:
+            fresh = self._new_faiss(self.dim)
+            fresh.add_with_ids(matrix, ints)
+            with self._lock:
+                dead: set[int] = set()
+                for op, op_ints, op_matrix in self._journal or []:
+                    if op == "add":
+                        fresh.add_with_ids(op_matrix, np.asarray(op_ints, dtype=np.int64))
+                    else:
+                        dead.update(op_ints)
+                self._index, self._dead = fresh, dead
+                logger.info("index rebuilt", index=self.name, vectors=len(self._id_of), tombstones=len(dead))
+        finally:
+            with self._lock:
+                self._journal = None
+                self._rebuilding = False
+
+    # -- reading -------------------------------------------------------------------------------------
 
     def vector_of(self, doc_id: Any) -> np.ndarray | None:
         with self._lock:
@@ -114,30 +245,69 @@ class VectorIndex:
             return None if i is None else self._index.reconstruct(i)
 
     def search(self, vector: np.ndarray, n: int, allowed: Iterable[Any] | None = None) -> list[tuple[Any, float]]:
-        """The n nearest documents as (_id, score); `allowed` restricts to those ids (pre-filtering).
+        """The n nearest live documents as (_id, score); `allowed` restricts to those ids (pre-filtering).
 
         Scores keep their measure's meaning: cosine similarity, inner product, or L2 distance.
         """
         with self._lock:
-            if self._index is None or self._index.ntotal == 0 or n <= 0:
+            if self._index is None or not self._id_of or n <= 0:
                 return []
             query = self._prepare(np.asarray(vector, dtype=np.float32).ravel())
-            params = None
+            selector = None
             if allowed is not None:
                 ints = [self._int_of[k] for k in map(_hashable, allowed) if k in self._int_of]
                 if not ints:
                     return []
-                params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.asarray(ints, dtype=np.int64)))
-            k = min(n, self._index.ntotal)
-            scores, ints_found = self._index.search(query, k, params=params)
+                selector = faiss.IDSelectorBatch(np.asarray(ints, dtype=np.int64))
+            elif self._dead:
+                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._dead, dtype=np.int64)))
+            k = min(n, len(self._id_of))
+            scores, found = self._index.search(query, k, params=self._search_params(selector))
             results = []
-            for score, i in zip(scores[0], ints_found[0]):
-                if i < 0:
+            for score, i in zip(scores[0], found[0]):
+                doc_id = self._id_of.get(int(i))
+                if i < 0 or doc_id is None:
                     continue
                 value = float(np.sqrt(max(score, 0.0))) if self.measure == "l2" else float(score)
-                results.append((self._id_of[int(i)], value))
+                results.append((doc_id, value))
             return results
+
+    def _search_params(self, selector: Any) -> Any:
+        if self.kind == "hnsw":
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=self.params.ef_search)
+        if self.kind == "ivf" and self._trained_ivf:
+            return faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)
+        return faiss.SearchParameters(sel=selector) if selector is not None else None
 
     def check_dim(self, vector: np.ndarray) -> None:
         if self.dim is not None and np.asarray(vector).size != self.dim:
             raise ApiError("bad_request", f"index {self.name} holds {self.dim}-d vectors, got {np.asarray(vector).size}")
+
+    # -- persistence (see snapshot.py) -----------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild this object, captured consistently under the lock."""
+        with self._lock:
+            ints = np.fromiter(self._id_of.keys(), dtype=np.int64, count=len(self._id_of))
+            return {
+                "faiss": None if self._index is None else faiss.serialize_index(self._index),
+                "ints": ints,
+                "ids": [self._id_of[int(i)] for i in ints],
+                "dead": np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)),
+                "next": self._next,
+                "dim": self.dim,
+                "trained_ivf": self._trained_ivf,
+            }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._index = None if state["faiss"] is None else faiss.deserialize_index(state["faiss"])
+            self.dim = state["dim"]
+            self._trained_ivf = state["trained_ivf"]
+            self._next = state["next"]
+            ints = state["ints"].tolist()
+            self._id_of = dict(zip(ints, state["ids"]))
+            self._int_of = {_hashable(doc_id): i for i, doc_id in self._id_of.items()}
+            self._dead = set(state["dead"].tolist())
+            if self._index is not None and self.kind == "ivf" and self._trained_ivf:
+                self._index.nprobe = self.params.nprobe

@@ -68,6 +68,7 @@ class IndexSpec:
     measure: str = "cosine"
     type: str = "flat"
     line: int = 0
+    params: dict = field(default_factory=dict)  # m, ef_construction, ef_search (hnsw); nlist, nprobe (ivf)
 
     @property
     def source_model(self) -> str:
@@ -93,6 +94,7 @@ class Registry:
     models: dict[str, ModelSpec]
     indexes: dict[str, IndexSpec]
     outputs: OutputsSpec
+    snapshot_every_s: float = 300.0  # index snapshots; also written at shutdown and on reload
 
     @property
     def folder(self) -> Path:
@@ -150,12 +152,13 @@ class _Errors:
         return value
 
 
-TOP_KEYS = ("database", "data_dir", "api", "models", "indexes", "outputs", "collection")
+TOP_KEYS = ("database", "data_dir", "api", "models", "indexes", "outputs", "collection", "snapshot_every_s")
 DATABASE_KEYS = ("uri", "name", "embedded")
 API_KEYS = ("listen", "unix", "token", "max_line_bytes", "max_connections", "idle_timeout_s", "metrics_listen")
 MODEL_KEYS = ("object", "args", "collection", "key", "features", "filter", "active", "batch_size",
               "max_wait_ms", "device", "vector")
-INDEX_KEYS = ("models", "measure", "type")
+INDEX_PARAMS = ("m", "ef_construction", "ef_search", "nlist", "nprobe")
+INDEX_KEYS = ("models", "measure", "type", *INDEX_PARAMS)
 OUTPUTS_KEYS = ("store", "collections")
 
 
@@ -207,10 +210,12 @@ def parse(root: Located, path: Path) -> Registry:
     models = _parse_models(errors, errors.section(root, "models"), default_collection)
     indexes = _parse_indexes(errors, errors.section(root, "indexes"), models)
 
+    snapshot_every_s = float(errors.typed(root, "snapshot_every_s", (int, float), "the registry", 300))
     if errors.items:
         raise ConfigErrors(errors.items)
     return Registry(path=path, database=database, api=api, data_dir=data_dir, models=models,
-                    indexes=indexes, outputs=outputs)
+                    indexes=indexes, outputs=outputs,
+                    snapshot_every_s=snapshot_every_s)
 
 
 def _parse_models(errors: _Errors, section: Located, default_collection: str | None) -> dict[str, ModelSpec]:
@@ -352,6 +357,7 @@ def _parse_indexes(errors: _Errors, section: Located, models: dict[str, ModelSpe
             measure=errors.choice(body, "measure", MEASURES, where, "cosine"),
             type=errors.choice(body, "type", INDEX_TYPES, where, "flat"),
             line=body.line,
+            params={p: errors.typed(body, p, (int,), where) for p in INDEX_PARAMS if body.get(p) is not None},
         )
     return indexes
 
