@@ -43,3 +43,16 @@ class Scale:
 def total(doc: dict) -> float:
     """Fan-in over `_base`: reads two upstream outputs substituted into the document."""
     return float(np.sum(doc["text"])) + float(doc["title"])
+
+
+FLAKY_MARKER = "FLAKY_MARKER_FILE"
+
+
+def flaky(text: str) -> int:
+    """Fails while the file named by $FLAKY_MARKER_FILE exists: a model with a transient outage."""
+    import os
+
+    marker = os.environ.get(FLAKY_MARKER)
+    if marker and os.path.exists(marker):
+        raise RuntimeError("backend unavailable")
+    return len(text)

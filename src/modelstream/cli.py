@@ -269,6 +269,122 @@ def apply(model: Annotated[str, typer.Argument(help="Model name.")],
     _print_json(_call(config, socket_, lambda c: c.apply(model, document)))
 
 
+# -- the database directly: verify, backfill, errors, retry -----------------------------------------------
+
+
+def _with_database(config: Path, fn) -> Any:
+    from modelstream.daemon.service import database
+
+    plan = _load(config)
+    try:
+        with database(plan) as db:
+            return fn(plan, db)
+    except ModelstreamError as exc:
+        _fail(str(exc), 2)
+
+
+@app.command()
+def verify(config: ConfigOpt, as_json: JsonOpt = False) -> None:
+    """Report documents whose outputs are missing or stale, and orphaned outputs; exit 1 if any."""
+    from tqdm import tqdm
+
+    from modelstream.daemon.verify import verify as run_verify
+
+    def run(plan, db):
+        total = sum(db[c].estimated_document_count() for c in plan.registry.collections())
+        with tqdm(total=total, desc="verifying", unit="doc", disable=as_json) as bar:
+            return run_verify(db, plan, bar.update)
+
+    report = _with_database(config, run)
+    if as_json:
+        _print_json({"models": {n: vars(m) for n, m in report.models.items()}, "orphaned": report.orphaned,
+                     "problems": report.problems})
+    else:
+        for m in report.models.values():
+            typer.echo(f"{m.model:<24} {m.collection:<16} documents {m.documents:>8}  ok {m.ok:>8}  "
+                       f"missing {m.missing:>6}  stale {m.stale:>6}  failed {m.failed:>6}")
+        for coll, n in report.orphaned.items():
+            typer.echo(f"orphaned side documents in {coll}: {n}")
+        typer.echo("all outputs up to date" if not report.problems else
+                   f"{report.problems} problems: run `modelstream backfill -c {config}` (or start the daemon)")
+    raise typer.Exit(1 if report.problems else 0)
+
+
+@app.command()
+def backfill(config: ConfigOpt) -> None:
+    """Compute every missing or stale output now (what the daemon does at start), with a progress bar."""
+    from tqdm import tqdm
+
+    from modelstream.daemon.failures import FailureLog
+    from modelstream.daemon.processor import Processor
+    from modelstream.daemon.stats import Stats
+
+    log.configure("warning")
+
+    def run(plan, db):
+        models = registry.load_models(plan.registry, plan.versions)
+        stats = Stats()
+        processor = Processor(db, plan, models, {}, FailureLog(db), stats)  # no indexes: the daemon owns them
+        for coll in plan.registry.collections():
+            with tqdm(total=db[coll].estimated_document_count(), desc=f"backfill {coll}", unit="doc") as bar:
+                page: list = []
+                for doc in db[coll].find({}).sort("_id", 1).batch_size(512):
+                    page.append(doc)
+                    if len(page) == 512:
+                        processor.process(coll, page, [])
+                        bar.update(len(page))
+                        page = []
+                processor.process(coll, page, [])
+                bar.update(len(page))
+        return stats.snapshot()["models"]
+
+    counts = _with_database(config, run)
+    for name, c in counts.items():
+        typer.echo(f"{name:<24} computed {c['done']:>8}  failed {c['failed']:>6}")
+
+
+@app.command()
+def errors(config: ConfigOpt, model: Annotated[Optional[str], typer.Option(help="Only this model.")] = None,
+           limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+           as_json: JsonOpt = False) -> None:
+    """List documents that could not be processed: model, document, attempts, reason, hint."""
+    from modelstream.daemon.failures import FailureLog
+
+    entries = _with_database(config, lambda plan, db: (FailureLog(db).list(model, limit), FailureLog(db).count()))
+    listed, total = entries
+    if as_json:
+        _print_json(listed)
+        return
+    for e in listed:
+        key = e["_id"]
+        typer.echo(f"{key['collection']}.{key['model']}  _id {key['doc']}  attempts {e.get('attempts', 1)}  "
+                   f"{e.get('error')}" + (f"  (hint: {e['hint']})" if e.get("hint") else ""))
+    typer.echo(f"{len(listed)} shown of {total}")
+
+
+@app.command()
+def retry(config: ConfigOpt, model: Annotated[Optional[str], typer.Option(help="Only this model.")] = None,
+          socket_: SocketOpt = None) -> None:
+    """Re-queue failed documents: a running daemon processes them now; otherwise its next start does."""
+    from modelstream.api.client import Client
+
+    address, token = _address(config, socket_)
+    try:
+        with Client(address, token=token) as client:
+            result = client.request("retry", **({"model": model} if model else {}))
+        typer.echo(f"retried {result['retried']} documents: {result['failed']} failed again")
+        return
+    except OSError:
+        pass
+    except ApiError as exc:
+        _fail(f"error ({exc.code}): {exc}")
+    from modelstream.daemon.failures import ERRORS
+
+    cleared = _with_database(config, lambda plan, db: db[ERRORS].delete_many(
+        {"_id.model": model} if model else {}).deleted_count)
+    typer.echo(f"no daemon running: cleared {cleared} error entries; the next start retries those documents")
+
+
 @app.command("migrate-outputs")
 def migrate_outputs(
         config: ConfigOpt,

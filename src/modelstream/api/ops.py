@@ -9,7 +9,7 @@ import time
 import numpy as np
 from prometheus_client import generate_latest
 
-from modelstream.content import decode_input, to_stored, vector_of
+from modelstream.content import ContentError, reader_for, to_stored, vector_of
 from modelstream.daemon.documents import id_key
 from modelstream.daemon.service import Daemon
 from modelstream.errors import ApiError
@@ -23,7 +23,7 @@ class Operations:
         self.daemon = daemon
         self.handlers = {"ping": self.ping, "search": self.search, "apply": self.apply,
                          "models": self.models, "status": self.status,
-                         "metrics": self.metrics}
+                         "metrics": self.metrics, "retry": self.retry}
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -34,6 +34,25 @@ class Operations:
 
     def ping(self, request: dict) -> dict:
         return {"pong": True}
+
+    def retry(self, request: dict) -> dict:
+        """Process the documents in the errors collection again (all, or one model's), now."""
+        from modelstream.daemon.failures import ERRORS
+
+        query = {"_id.model": request["model"]} if request.get("model") else {}
+        entries = list(self.daemon.db[ERRORS].find(query, {"_id": 1}))
+        self.daemon.db[ERRORS].delete_many({"_id": {"$in": [e["_id"] for e in entries]}})
+        by_collection: dict[str, list] = {}
+        for e in entries:
+            by_collection.setdefault(e["_id"]["collection"], []).append(e["_id"]["doc"])
+        processor = self.daemon.follower.processor
+        for coll, ids in by_collection.items():
+            if coll in processor.stores:
+                for start in range(0, len(ids), 256):
+                    docs = list(self.daemon.db[coll].find({"_id": {"$in": ids[start:start + 256]}}))
+                    processor.process(coll, docs, [])
+        failed = self.daemon.db[ERRORS].count_documents(query)
+        return {"retried": len(entries), "failed": failed}
 
     def metrics(self, request: dict) -> dict:
         """Prometheus text exposition, the same as the HTTP /metrics endpoint."""
@@ -66,7 +85,10 @@ class Operations:
         if spec.key == BASE_KEY:
             value = document
         elif spec.key in document:
-            value = decode_input(document[spec.key])
+            try:  # `_content` (Extended JSON binary bytes, or a url) decodes as a stored document's would
+                value = reader_for(self.daemon.plan.registry).decode(document[spec.key])
+            except ContentError as exc:
+                raise ApiError("bad_request", f"{spec.key}: {exc}") from exc
         else:
             raise ApiError("bad_request", f"model {spec.name} reads field {spec.key!r}, absent from the document")
         try:

@@ -6,6 +6,7 @@ unreachable database is a clear error at start, not a crash later.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,8 @@ from modelstream.indexers import VectorIndex, index_for, load_snapshot, save_sna
 from modelstream.registry import Model, Plan, load_models
 
 logger = log.get("modelstream.daemon")
+
+EMBEDDED_URI_FILE = "embedded.uri"
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Daemon:
         if uri is None:
             embedded = EmbeddedServer(registry.data_dir / "db", registry.database.embedded_port).start()
             uri = embedded.uri
+            (registry.data_dir / EMBEDDED_URI_FILE).write_text(uri)  # for `verify`, `backfill`, ... meanwhile
         client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
         try:
             client.admin.command("ping")
@@ -100,6 +104,7 @@ class Daemon:
     def build(self) -> Follower:
         processor = Processor(self.db, self.plan, self.models, self.indexes, FailureLog(self.db), self.stats)
         return Follower(self.db, processor, Checkpoints(self.db), self.stats)
+
 
     def start(self) -> None:
         self.follower = self.build()
@@ -157,6 +162,7 @@ class Daemon:
         self.save_indexes()
         self.client.close()
         if self.embedded is not None:
+            (self.plan.registry.data_dir / EMBEDDED_URI_FILE).unlink(missing_ok=True)
             self.embedded.stop()
 
 
@@ -174,3 +180,38 @@ class _IndexCollector:
             nbytes.add_metric([name], index.nbytes())
         yield size
         yield nbytes
+
+
+@contextlib.contextmanager
+def database(plan: Plan):
+    """The registry's database for one-off commands: its uri, a running daemon's embedded server, or a
+    temporary embedded server of our own (never a second server on a running daemon's files)."""
+    registry = plan.registry
+    embedded = None
+    uri = registry.database.uri
+    if uri is None:
+        uri_file = registry.data_dir / EMBEDDED_URI_FILE
+        if uri_file.exists() and _reachable(uri_file.read_text().strip()):
+            uri = uri_file.read_text().strip()
+        else:
+            embedded = EmbeddedServer(registry.data_dir / "db").start()
+            uri = embedded.uri
+    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000, tz_aware=True)
+    try:
+        client.admin.command("ping")
+        yield client[registry.database.name]
+    except pymongo.errors.PyMongoError as exc:
+        raise ServerError(f"cannot reach the database at {uri}: {exc}", hint="check database.uri") from exc
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+
+
+def _reachable(uri: str) -> bool:
+    try:
+        with pymongo.MongoClient(uri, serverSelectionTimeoutMS=1000) as client:
+            client.admin.command("ping")
+        return True
+    except pymongo.errors.PyMongoError:
+        return False
