@@ -114,3 +114,70 @@ def test_metrics_parse_and_match_the_workload(tmp_path, mongo_server, db_name, d
         assert samples[("modelstream_documents_failed_total", (("model", "letters"),))] == 1
         assert samples[("modelstream_index_vectors", (("index", "letters"),))] == 2
         assert samples[("modelstream_search_seconds_count", ())] == 1
+
+
+def test_reload_recomputes_changed_model_and_downstream_while_search_answers(tmp_path, mongo_server, db_name, db,
+                                                                            serve_factory):
+    """Changing a model's args recomputes it and its downstream only; searches answer throughout."""
+    body = """
+database: {{uri: "{uri}", name: {db}}}
+api: {{listen: null}}
+models:
+  letters: {{object: "toymodels:letters", collection: docs, key: text}}
+  scaled:  {{object: "toymodels:Scale", args: {{factor: {factor}}}, collection: docs, key: text,
+            features: {{text: letters}}}}
+  again:   {{object: "toymodels:Scale", args: {{factor: 1.0}}, collection: docs, key: text,
+            features: {{text: scaled}}}}
+  length:  {{object: "toymodels:length", collection: docs, key: text}}
+indexes:
+  scaled: {{models: [scaled]}}
+"""
+    path = write_registry(tmp_path, body, uri=mongo_server.uri, db=db_name, factor=2.0)
+    serve = serve_factory(path)
+    db.docs.insert_many([{"text": f"text {i}"} for i in range(300)])
+    wait_until(lambda: serve.status()["models"].get("again", {}).get("done") == 300
+               and serve.status()["indexes"]["scaled"]["size"] == 300, timeout_s=60)
+    before = serve.status()["models"]
+    write_registry(tmp_path, body, uri=mongo_server.uri, db=db_name, factor=3.0)
+    serve.process.send_signal(signal.SIGHUP)
+    answered = 0
+    with serve.client() as c:
+        while serve.status()["models"].get("again", {}).get("done", 0) < before["again"]["done"] + 300:
+            assert len(c.search("scaled", vector=[1.0] * 26, n=3)) == 3  # never empty during the recompute
+            answered += 1
+    after = serve.status()["models"]
+    assert after["scaled"]["done"] == before["scaled"]["done"] + 300
+    assert after["letters"]["done"] == before["letters"]["done"]  # upstream unchanged
+    assert after["length"]["done"] == before["length"]["done"]  # unrelated
+    doc = db.docs.find_one({"text": "text 7"})
+    from modelstream.content import vector_of
+    from toymodels import letters
+
+    assert (vector_of(doc["_outputs"]["text"]["scaled"]) == 3 * letters("text 7")).all()
+    assert answered > 0
+
+
+def test_refresh_and_prune(tmp_path, mongo_server, db_name, db, serve_factory):
+    """`refresh` recomputes a model for every document; `prune` removes outputs of removed models."""
+    path = registry(tmp_path, mongo_server, db_name,
+                    extra='  length: {object: "toymodels:length", collection: docs, key: text}')
+    serve = serve_factory(path)
+    db.docs.insert_many([{"text": "a"}, {"text": "bb"}])
+    wait_until(lambda: serve.status()["models"].get("length", {}).get("done") == 2)
+    result = run_cli("refresh", "length", "--socket", serve.socket)
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: serve.status()["models"]["length"]["done"] == 4, message="refreshed")
+    assert serve.status()["models"]["letters"]["done"] == 2
+    assert serve.terminate() == 0
+    registry(tmp_path, mongo_server, db_name)  # `length` removed
+    result = run_cli("prune", "-c", str(path))
+    assert result.returncode == 0 and "length: outputs removed from 2 documents" in result.stdout, result.stderr
+    doc = db.docs.find_one({"text": "bb"})
+    assert "length" not in doc["_outputs"]["text"] and "length" not in doc["_modelstream"]
+    assert "letters" in doc["_outputs"]["text"]
+
+
+def run_cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    return subprocess.run([sys.executable, "-m", "modelstream", *args], capture_output=True, text=True, env=env,
+                          timeout=120)

@@ -23,7 +23,7 @@ class Operations:
         self.daemon = daemon
         self.handlers = {"ping": self.ping, "search": self.search, "apply": self.apply,
                          "models": self.models, "status": self.status,
-                         "metrics": self.metrics, "retry": self.retry}
+                         "metrics": self.metrics, "retry": self.retry, "refresh": self.refresh}
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -34,6 +34,14 @@ class Operations:
 
     def ping(self, request: dict) -> dict:
         return {"pong": True}
+
+    def refresh(self, request: dict) -> dict:
+        """Recompute a model and its downstream for every document, in the background (see `status` jobs)."""
+        name = request.get("model")
+        if name not in self.daemon.plan.registry.models or not self.daemon.plan.registry.models[name].active:
+            raise ApiError("not_found", f"no active model {name!r}",
+                           hint=f"active models: {', '.join(m.name for m in self.daemon.plan.models_of_all())}")
+        return {"job": self.daemon.refresh(name)}
 
     def retry(self, request: dict) -> dict:
         """Process the documents in the errors collection again (all, or one model's), now."""
@@ -109,15 +117,16 @@ class Operations:
         index_name = request.get("index")
         if index_name is None and len(self.daemon.indexes) == 1:
             index_name = next(iter(self.daemon.indexes))
-        index = self.daemon.indexes.get(index_name)
-        if index is None:
+        found = self.daemon.searchable(index_name)
+        if found is None:
             raise ApiError("not_found", f"unknown index {index_name!r}",
                            hint=f"indexes: {', '.join(self.daemon.indexes) or 'none'}")
+        index, models = found
         n = request.get("n", 10)
         if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= MAX_N:
             raise ApiError("bad_request", f"n must be an integer from 1 to {MAX_N}, not {n!r}")
         spec = self.daemon.plan.registry.indexes[index_name]
-        vector, exclude = self._query_vector(spec, index, request)
+        vector, exclude = self._query_vector(spec, index, models, request)
         index.check_dim(vector)
         collection = self.daemon.db[self.daemon.plan.registry.models[spec.source_model].collection]
         allowed = self._prefilter(collection, request.get("filter"))
@@ -129,7 +138,7 @@ class Operations:
             self._project(collection, results, project)
         return {"results": results, "measure": index.measure}
 
-    def _query_vector(self, spec, index, request: dict) -> tuple[np.ndarray, set]:
+    def _query_vector(self, spec, index, models, request: dict) -> tuple[np.ndarray, set]:
         if "vector" in request:
             try:
                 return np.asarray(request["vector"], dtype=np.float32).ravel(), set()
@@ -145,13 +154,13 @@ class Operations:
                                hint="the document may not exist, or not be processed yet")
             return vector, {id_key(like["_id"])}
         for name in spec.models:
-            model = self.daemon.models[name]
+            model = models[name]
             if model.spec.key in like or model.spec.key == BASE_KEY:
                 vector = vector_of(to_stored(self._run(model, like)))
                 if vector is None:
                     raise ApiError("model_error", f"model {name} did not return a vector")
                 return vector, set()
-        keys = [self.daemon.models[m].spec.key for m in spec.models]
+        keys = [models[m].spec.key for m in spec.models]
         raise ApiError("bad_request", f"no model of index {spec.name} reads {', '.join(map(repr, like))}",
                        hint=f"query fields of this index: {', '.join(keys)}")
 

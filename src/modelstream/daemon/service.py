@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import faiss
 import pymongo
 from prometheus_client.core import GaugeMetricFamily
 
@@ -41,9 +42,14 @@ class Daemon:
     indexes: dict[str, VectorIndex] = field(default_factory=dict)
     stop_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    # blue/green: while a reload recomputes an index's model, searches use the old index and models
+    previous: dict[str, tuple[VectorIndex, dict[str, Model]]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, plan: Plan) -> "Daemon":
+        # One search is one query: FAISS's OpenMP threads only contend with the stream and the other
+        # connections (each has its own thread). Measured: p50 8.8 ms -> 0.8 ms on a busy 2-core machine.
+        faiss.omp_set_num_threads(1)
         registry = plan.registry
         models = load_models(registry, plan.versions)
         embedded = None
@@ -129,13 +135,70 @@ class Daemon:
         if self.thread is not None:
             self.thread.join()
         self.save_indexes()
+        changed = {name for name, spec in new.indexes.items() if name in self.indexes
+                   and old.indexes[name].source_model in self.plan.versions
+                   and self.plan.versions[old.indexes[name].source_model] != plan.versions[spec.source_model]}
+        self.previous = {name: (self.indexes[name], self.models) for name in changed}
         self.plan, self.models = plan, models
         self.indexes = self.load_indexes()
         self.stop_event = threading.Event()
         self.stats.phase = "reloading"
         self.start()
+        if changed:
+            job = {"kind": "recompute", "indexes": sorted(changed), "state": "running"}
+            self.stats.jobs.append(job)
+            threading.Thread(target=self._switch_when_ready, args=(job,), name="blue-green", daemon=True).start()
         logger.info("registry reloaded", models=list(models), indexes=list(self.indexes))
         return True
+
+    def _switch_when_ready(self, job: dict) -> None:
+        """Serve the old index until the new outputs are complete (the start-up scan is done), then switch."""
+        follower = self.follower
+        while not follower.scanned.wait(0.5):
+            if self.stop_event.is_set():
+                return
+        self.previous = {}
+        job["state"] = "done"
+        logger.info("recomputed indexes now serve searches", indexes=job["indexes"])
+
+    def searchable(self, name: str) -> tuple[VectorIndex, dict[str, Model]] | None:
+        """The index a search should use, with the models that embed its queries."""
+        if name in self.previous:
+            return self.previous[name]
+        return (self.indexes[name], self.models) if name in self.indexes else None
+
+    def refresh(self, model: str) -> dict:
+        """Recompute one model and everything downstream for every document, in the background."""
+        from modelstream.registry import graph
+
+        registry = self.plan.registry
+        names = frozenset(n for n in graph.downstream_of(registry.models, [model]) if registry.models[n].active)
+        collection = registry.models[model].collection
+        job = {"kind": "refresh", "models": sorted(names), "collection": collection, "state": "running",
+               "done": 0, "total": self.db[collection].estimated_document_count()}
+        self.stats.jobs.append(job)
+        threading.Thread(target=self._refresh, args=(collection, names, job), name="refresh", daemon=True).start()
+        return job
+
+    def _refresh(self, collection: str, names: frozenset[str], job: dict) -> None:
+        processor = self.follower.processor
+        page: list[dict] = []
+        try:
+            for doc in self.db[collection].find({}).sort("_id", 1).batch_size(512):
+                page.append(doc)
+                if len(page) == 512:
+                    processor.process(collection, page, [], force=names)
+                    job["done"] += len(page)
+                    page = []
+                if self.stop_event.is_set():
+                    job["state"] = "stopped"
+                    return
+            processor.process(collection, page, [], force=names)
+            job["done"] += len(page)
+            job["state"] = "done"
+        except Exception as exc:  # noqa: BLE001 - reported in status, the daemon goes on
+            job["state"] = f"failed: {type(exc).__name__}: {exc}"
+            logger.exception("refresh failed", models=sorted(names))
 
     def _run(self) -> None:
         try:

@@ -34,6 +34,7 @@ class Stats:
         self.last_error: str | None = None
         self.scan_done = 0
         self.scan_total = 0
+        self.jobs: list[dict[str, Any]] = []  # background work: refresh, blue/green reload
 
         self.registry = CollectorRegistry()
         self.m_done = Counter("modelstream_documents_processed", "Outputs computed", ["model"], registry=self.registry)
@@ -94,6 +95,7 @@ class Stats:
                 "queue_depth": self.queue_depth,
                 "lag": {"seconds_behind": round(self.seconds_behind(), 3), "idle": self.idle},
                 "scan": {"done": self.scan_done, "total": self.scan_total},
+                "jobs": [dict(job) for job in self.jobs[-20:]],
                 "models": {m: {"done": self.done[m], "failed": self.failed[m], "in_progress": self.in_progress[m]}
                            for m in sorted(set(self.done) | set(self.failed) | set(self.in_progress))},
             }

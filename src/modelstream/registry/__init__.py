@@ -21,8 +21,11 @@ class Plan:
 
     def models_of(self, collection: str) -> list[ModelSpec]:
         """Active models of a collection, upstream first."""
-        return [self.registry.models[n] for n in self.order
-                if self.registry.models[n].active and self.registry.models[n].collection == collection]
+        return [m for m in self.models_of_all() if m.collection == collection]
+
+    def models_of_all(self) -> list[ModelSpec]:
+        """Every active model, upstream first."""
+        return [self.registry.models[n] for n in self.order if self.registry.models[n].active]
 
 
 def load(path: str | Path) -> Plan:
