@@ -385,6 +385,27 @@ def retry(config: ConfigOpt, model: Annotated[Optional[str], typer.Option(help="
     typer.echo(f"no daemon running: cleared {cleared} error entries; the next start retries those documents")
 
 
+@app.command()
+def refresh(model: Annotated[str, typer.Argument(help="The model to recompute (its downstream follows).")],
+            config: OptionalConfig = None, socket_: SocketOpt = None) -> None:
+    """Recompute one model and everything downstream for all documents, in a running daemon's background."""
+    job = _call(config, socket_, lambda c: c.request("refresh", model=model)["job"])
+    typer.echo(f"refreshing {', '.join(job['models'])} over {job['total']} documents of {job['collection']}: "
+               "follow it with `modelstream status`")
+
+
+@app.command()
+def prune(config: ConfigOpt) -> None:
+    """Remove outputs of models no longer in the registry (a reload keeps them until you prune)."""
+    from modelstream.daemon.prune import prune as run_prune
+
+    removed = _with_database(config, lambda plan, db: run_prune(db, plan))
+    for name, count in sorted(removed.items()):
+        typer.echo(f"{name}: outputs removed from {count} documents")
+    if not removed:
+        typer.echo("nothing to prune")
+
+
 @app.command("migrate-outputs")
 def migrate_outputs(
         config: ConfigOpt,

@@ -6,7 +6,6 @@ arrays; on the way back into a model (a `features` chain) they become numpy arra
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
@@ -57,29 +56,19 @@ def vector_of(value: Any) -> np.ndarray | None:
 
 
 def decode_input(value: Any) -> Any:
-    """A document value as a model sees it: vectors as numpy, `_content` as its decoded object."""
+    """A document value as a model sees it, with the built-in types and no fetching.
+
+    The daemon and the API use `reader_for(registry).decode`, which adds the registry's own
+    types and fetches `url` content; this is for values already at hand (stored outputs).
+    """
     vector = vector_of(value) if isinstance(value, Binary) else None
     if vector is not None:
         return vector
     if isinstance(value, dict) and "_content" in value:
-        return _decode_content(value["_content"])
+        from modelstream.content.types import BUILTIN_TYPES, ContentError
+
+        content = value["_content"]
+        if not isinstance(content, dict) or content.get("bytes") is None:
+            raise ContentError("_content has no bytes (url content is fetched by the daemon's reader)")
+        return BUILTIN_TYPES.decode(content, bytes(content["bytes"]))
     return value
-
-
-def _decode_content(content: dict) -> Any:
-    kind = content.get("type")
-    data = content.get("bytes")
-    if data is None:
-        raise ValueError(f"_content of type {kind!r} has no bytes (url content is not fetched yet)")
-    if kind == "image":
-        from PIL import Image
-
-        image = Image.open(io.BytesIO(bytes(data)))
-        image.load()  # decode now, so a truncated file fails here, on this document
-        return image
-    if kind in ("float_tensor", "ndarray"):
-        dtype = np.dtype(content.get("dtype", "float32"))
-        array = np.frombuffer(bytes(data), dtype=dtype)
-        shape = content.get("shape")
-        return array.reshape(shape) if shape else array
-    raise ValueError(f"unknown _content type {kind!r}")

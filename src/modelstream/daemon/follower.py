@@ -33,7 +33,14 @@ AWAIT_MS = 200  # how long an idle getMore waits; bounds the reaction time to a 
 IDLE_CHECKPOINT_S = 1.0
 BACKOFF_S = (0.5, 1, 2, 4, 8, 16, 30)
 POSITION_LOST = {9, 260, 280, 286}  # bad token, invalid token, fatal, ChangeStreamHistoryLost
+# Errors that say "try again later", not "this token is no good" (pymongo's resumable set, roughly)
+TRANSIENT = {6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436}
+
 GONE = {"drop", "rename", "dropDatabase", "invalidate"}
+
+
+class TokenRejected(OperationFailure):
+    """Opening the stream at the saved token failed for a reason other than a transient one."""
 
 
 def own_writes_filter(collections: list[str]) -> dict:
@@ -73,7 +80,7 @@ class Follower:
                 self._follow(stop, need_scan)
                 need_scan = False
             except OperationFailure as exc:
-                if exc.code in POSITION_LOST:
+                if exc.code in POSITION_LOST or isinstance(exc, TokenRejected):
                     logger.error("change stream position lost: rescanning everything", code=exc.code,
                                  error=str(exc)[:300], hint="raise the oplog size/retention if this repeats")
                     self.checkpoints.clear()
@@ -97,8 +104,18 @@ class Follower:
 
     def _follow(self, stop: threading.Event, need_scan: bool) -> None:
         token = self.checkpoints.load()
-        with self.db.watch([own_writes_filter(self.collections)], full_document="updateLookup",
-                           resume_after=token, max_await_time_ms=AWAIT_MS, batch_size=MAX_EVENTS) as stream:
+        try:
+            stream = self.db.watch([own_writes_filter(self.collections)], full_document="updateLookup",
+                                   start_after=token, max_await_time_ms=AWAIT_MS, batch_size=MAX_EVENTS)
+        except OperationFailure as exc:
+            # A token the server refuses (another stream's, another namespace's, corrupt) would be refused
+            # forever: treat it as a lost position. Without a token there is nothing to give up, so back off.
+            transient = exc.code in TRANSIENT or exc.has_error_label("ResumableChangeStreamError") \
+                or exc.has_error_label("RetryableWriteError")
+            if token is not None and not transient:
+                raise TokenRejected(str(exc), exc.code, exc.details) from exc
+            raise
+        with stream:
             self.stats.connection = "connected"
             pending = self._gather(stream)  # pins the position before the scan; keeps any early events
             if need_scan or token is None:
@@ -122,6 +139,10 @@ class Follower:
                         last_saved = time.monotonic()
                 if self.on_batch:
                     self.on_batch()
+                if not stream.alive:  # invalidated (dropDatabase; its events are $match-ed out): reopen after it
+                    if stream.resume_token:
+                        self.checkpoints.save(stream.resume_token)
+                    return
 
     def _gather(self, stream) -> list[dict]:
         """The events the next getMore brings (waiting up to AWAIT_MS), and those already buffered."""
@@ -166,6 +187,7 @@ class Follower:
         self.stats.batch(len(events), last_time.time if last_time is not None else None)
 
     def _forget_collection(self, coll: str) -> None:
+        self.processor.forget_recent(coll)
         self.processor.stores[coll].drop()
         for spec in self.processor.index_specs(coll):
             self.processor.indexes[spec.name].clear()

@@ -11,6 +11,7 @@ All outputs of a document go out in one update, all documents in one bulk write.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from pymongo.database import Database
 
 from modelstream import log
-from modelstream.content import decode_input, to_stored, vector_of
+from modelstream.content import ContentError, decode_input, reader_for, to_stored, vector_of
 from modelstream.daemon.documents import FINGERPRINTS, fingerprint, get_path, id_key, user_fields
 from modelstream.daemon.failures import FailureLog
 from modelstream.daemon.stats import Stats
@@ -28,7 +29,8 @@ from modelstream.registry import BASE_KEY, Model, ModelSpec, Plan
 
 logger = log.get("modelstream.processor")
 
-RETRY_DELAYS_S = (0.05, 0.2)  # per-item retries after a failed batch: bounded, then recorded
+RETRY_DELAYS_S = (0.05, 0.2)
+RECENT_LIMIT = 200_000  # fingerprints remembered after writing them (about 40 MB at the limit)  # per-item retries after a failed batch: bounded, then recorded
 
 
 class _Missing:
@@ -57,6 +59,8 @@ class Processor:
         self.stats = stats
         registry = plan.registry
         self.stores = {c: store_for(registry.outputs.store_for(c), db[c]) for c in registry.collections()}
+        self.content = reader_for(registry)  # `_content` types and url fetching
+        self.recent: OrderedDict[tuple[str, Hashable], dict[str, str]] = OrderedDict()
 
     def index_specs(self, collection: str):
         return [s for s in self.plan.registry.indexes.values()
@@ -64,30 +68,69 @@ class Processor:
 
     # -- the batch -----------------------------------------------------------------------------
 
-    def process(self, collection: str, docs: list[dict], deleted: list[Any], *, load_index: bool = False) -> None:
+    def process(self, collection: str, docs: list[dict], deleted: list[Any], *, load_index: bool = False,
+                force: frozenset[str] = frozenset()) -> None:
         """Bring the outputs and indexes of these documents up to date; forget the deleted ones."""
         store = self.stores[collection]
         if docs:
             stored = store.stored(docs)
-            batch = [_Doc(d, stored.get(id_key(d["_id"]), {}), DocWrite(d["_id"]), {}) for d in docs]
+            batch = [_Doc(d, self._with_recent(collection, d["_id"], stored.get(id_key(d["_id"]), {})),
+                          DocWrite(d["_id"]), {}) for d in docs]
             for spec in self.plan.models_of(collection):
-                self._run_model(collection, spec, batch)
+                self._run_model(collection, spec, batch, force)
             writes = [b.write for b in batch if b.write.update()]
             write_failures = store.write(writes)
             self._record_write_failures(collection, write_failures)
             failed = {id_key(f.doc_id) for f in write_failures}
-            self._update_indexes(collection, [b for b in batch if id_key(b.doc["_id"]) not in failed], load_index)
+            landed = [b for b in batch if id_key(b.doc["_id"]) not in failed and b.write.landed]
+            self._remember(collection, landed)
+            self._update_indexes(collection, landed, load_index)
         if deleted:
             store.forget(deleted)
             for spec in self.index_specs(collection):
-                self.indexes[spec.name].remove(deleted)
+                if spec.name in self.indexes:
+                    self.indexes[spec.name].remove(deleted)
 
-    def _run_model(self, collection: str, spec: ModelSpec, batch: list[_Doc]) -> None:
+    # -- fingerprints just written ---------------------------------------------------------------
+    # An insert event carries the document as inserted, without the outputs we wrote since (the start-up
+    # scan, or a batch just before a crash). Remembering what we wrote spares recomputing it on replay.
+
+    def _remember(self, collection: str, items: list[_Doc]) -> None:
+        for item in items:
+            written = {path.split(".", 1)[1]: fp for path, fp in item.write.sets.items()
+                       if path.startswith(FINGERPRINTS + ".")}
+            gone = [path.split(".", 1)[1] for path in item.write.unsets if path.startswith(FINGERPRINTS + ".")]
+            if not written and not gone:
+                continue
+            key = (collection, id_key(item.doc["_id"]))
+            known = self.recent.pop(key, {})
+            known.update(written)
+            for name in gone:
+                known.pop(name, None)
+            self.recent[key] = known
+        while len(self.recent) > RECENT_LIMIT:
+            self.recent.popitem(last=False)
+
+    def forget_recent(self, collection: str) -> None:
+        """A dropped collection's outputs are gone: what we remember writing no longer holds."""
+        for key in [k for k in self.recent if k[0] == collection]:
+            del self.recent[key]
+
+    def _with_recent(self, collection: str, doc_id: Any, stored: dict) -> dict:
+        known = self.recent.get((collection, id_key(doc_id)))
+        if not known:
+            return stored
+        merged = dict(stored)
+        merged[FINGERPRINTS] = {**stored.get(FINGERPRINTS, {}), **known}
+        return merged
+
+    def _run_model(self, collection: str, spec: ModelSpec, batch: list[_Doc], force: frozenset[str]) -> None:
         name = spec.name
         version = self.plan.versions[name]
         roots = self.plan.roots[name]
         matching = self._matching_ids(collection, spec, batch)
         todo: list[tuple[_Doc, Any, str]] = []
+        pending: list[tuple[_Doc, str, bool]] = []
         for item in batch:
             has_output = get_path(item.stored, f"{FINGERPRINTS}.{name}") is not None
             if matching is not None and id_key(item.doc["_id"]) not in matching:
@@ -95,14 +138,28 @@ class Processor:
                     self._unset(item, spec)
                 continue
             fp = fingerprint(version, roots, item.doc)
-            if get_path(item.stored, f"{FINGERPRINTS}.{name}") == fp:
+            if get_path(item.stored, f"{FINGERPRINTS}.{name}") == fp and name not in force:
                 continue
-            value = self._input(spec, item)
+            pending.append((item, fp, has_output))
+        self._prefetch(spec, [item for item, _, _ in pending])
+        bad_input: list[dict] = []
+        for item, fp, has_output in pending:
+            try:
+                value = self._input(spec, item)
+            except ContentError as exc:  # undecodable bytes, unknown type, broken url: this document fails
+                bad_input.append({"collection": collection, "model": name, "doc_id": item.doc["_id"],
+                                  "error": f"{spec.key}: {exc}", "attempts": exc.attempts})
+                continue
             if value is MISSING:
                 if has_output:
                     self._unset(item, spec)
                 continue
             todo.append((item, value, fp))
+        if bad_input:
+            logger.warning("documents failed", model=name, collection=collection, count=len(bad_input),
+                           first_id=str(bad_input[0]["doc_id"]), first_error=bad_input[0]["error"])
+            self.failures.record(bad_input)
+            self.stats.add(self.stats.failed, name, len(bad_input))
         if not todo:
             return
         model = self.models[name]
@@ -178,7 +235,12 @@ class Processor:
         value = get_path(item.doc, spec.key, MISSING)
         if value is MISSING or value is None:
             return MISSING
-        return decode_input(value)
+        return self.content.decode(value)
+
+    def _prefetch(self, spec: ModelSpec, items: list[_Doc]) -> None:
+        """Fetch the `_content.url`s this model is about to read, concurrently (failures show in `_input`)."""
+        if spec.key != BASE_KEY and spec.key not in spec.features and items:
+            self.content.prefetch([get_path(item.doc, spec.key, None) for item in items])
 
     def _upstream_output(self, upstream: str, item: _Doc) -> Any:
         if upstream in item.fresh:
@@ -227,7 +289,9 @@ class Processor:
 
     def _update_indexes(self, collection: str, batch: list[_Doc], load_index: bool) -> None:
         for spec in self.index_specs(collection):
-            index = self.indexes[spec.name]
+            index = self.indexes.get(spec.name)
+            if index is None:
+                continue  # an offline backfill keeps no indexes
             source = self.plan.registry.models[spec.source_model]
             ids, vectors, gone = [], [], []
             for item in batch:

@@ -16,7 +16,7 @@ from pymongo import DeleteMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
 
-from modelstream.daemon.documents import FINGERPRINTS, OUTPUTS, SIDE_PREFIX, id_key
+from modelstream.daemon.documents import FINGERPRINTS, OUTPUTS, SIDE_PREFIX, get_path, id_key
 
 ID_CHUNK = 256  # large $in lists are slow on some servers; chunks keep each query cheap
 
@@ -30,6 +30,7 @@ class DocWrite:
     unsets: list[str] = field(default_factory=list)
     guard: dict[str, Any] = field(default_factory=dict)  # input fields as read; inline writes require them unchanged
     models: set[str] = field(default_factory=set)
+    landed: bool = True  # False: the guard did not match (the document changed or went): do not index it
 
     def update(self) -> dict:
         update: dict[str, Any] = {}
@@ -65,10 +66,32 @@ class InlineStore:
         return {id_key(d["_id"]): d for d in docs}
 
     def write(self, writes: list[DocWrite]) -> list[WriteFailure]:
-        ops = [UpdateOne({"_id": w.doc_id, **w.guard}, w.update()) for w in writes if w.update()]
-        return _bulk(self.source, ops, [w for w in writes if w.update()],
-                     hint_121="this collection's validator rejects extra fields: set `outputs: {collections: "
-                              f"{{{self.source.name}: collection}}}}` to keep outputs in a side collection")
+        kept = [w for w in writes if w.update()]
+        ops = [UpdateOne({"_id": w.doc_id, **w.guard}, w.update()) for w in kept]
+        failures, matched = _bulk(self.source, ops, kept,
+                                  hint_121="this collection's validator rejects extra fields: set `outputs: "
+                                           f"{{collections: {{{self.source.name}: collection}}}}` to keep outputs "
+                                           "in a side collection")
+        if matched < len(kept) - len(failures):
+            failed = {id_key(f.doc_id) for f in failures}
+            self._mark_superseded([w for w in kept if id_key(w.doc_id) not in failed])
+        return failures
+
+    def _mark_superseded(self, writes: list[DocWrite]) -> None:
+        """Some guarded writes matched nothing: find which (input changed, document gone) so they are not indexed.
+
+        A later change event brings those documents up to date; indexing the superseded result now
+        would leave a vector that no later event corrects when the newer output is already stored.
+        A write that landed and whose document changed just after is marked too: harmless, as above.
+        """
+        current: dict[Hashable, dict] = {}
+        for part in chunks([w.doc_id for w in writes]):
+            for doc in self.source.find({"_id": {"$in": part}}):
+                current[id_key(doc["_id"])] = doc
+        for w in writes:
+            doc = current.get(id_key(w.doc_id))
+            if doc is None or any(get_path(doc, path) != value for path, value in w.guard.items()):
+                w.landed = False
 
     def forget(self, doc_ids: list[Any]) -> None:
         """A deleted document took its inline outputs with it."""
@@ -97,7 +120,7 @@ class CollectionStore:
     def write(self, writes: list[DocWrite]) -> list[WriteFailure]:
         kept = [w for w in writes if w.update()]
         ops = [UpdateOne({"_id": w.doc_id}, w.update(), upsert=True) for w in kept]
-        return _bulk(self.side, ops, kept, hint_121=None)
+        return _bulk(self.side, ops, kept, hint_121=None)[0]
 
     def forget(self, doc_ids: list[Any]) -> None:
         ops = [DeleteMany({"_id": {"$in": part}}) for part in chunks(list(doc_ids))]
@@ -111,12 +134,13 @@ class CollectionStore:
         return (d["_id"] for d in self.side.find({}, {"_id": 1}).sort("_id", 1))
 
 
-def _bulk(target: Collection, ops: list, writes: list[DocWrite], hint_121: str | None) -> list[WriteFailure]:
+def _bulk(target: Collection, ops: list, writes: list[DocWrite],
+          hint_121: str | None) -> tuple[list[WriteFailure], int]:
+    """The writes that failed, and how many matched a document."""
     if not ops:
-        return []
+        return [], 0
     try:
-        target.bulk_write(ops, ordered=False)
-        return []
+        return [], target.bulk_write(ops, ordered=False).matched_count
     except BulkWriteError as exc:
         failures = []
         for error in exc.details.get("writeErrors", []):
@@ -124,7 +148,7 @@ def _bulk(target: Collection, ops: list, writes: list[DocWrite], hint_121: str |
             code = error.get("code")
             failures.append(WriteFailure(write.doc_id, write.models, error.get("errmsg", "write failed"), code,
                                          hint_121 if code == 121 else None))
-        return failures
+        return failures, exc.details.get("nMatched", 0)
 
 
 def store_for(kind: str, source: Collection) -> InlineStore | CollectionStore:

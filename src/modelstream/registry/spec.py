@@ -7,6 +7,7 @@ error it can find in one pass and raises them together, so a user fixes a file i
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,22 @@ class OutputsSpec:
 
 
 @dataclass(frozen=True)
+class TypeSpec:
+    name: str
+    object: str  # "module:Class" with decode(bytes) (and encode(value)), as the tutorial's create_type
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class FetchSpec:
+    """How `_content.url` values are fetched (see content/fetch.py)."""
+    workers: int = 8
+    timeout_s: float = 10.0
+    max_bytes: int = 20 << 20
+    retries: int = 2
+
+
+@dataclass(frozen=True)
 class Registry:
     path: Path
     database: DatabaseSpec
@@ -95,6 +112,8 @@ class Registry:
     indexes: dict[str, IndexSpec]
     outputs: OutputsSpec
     snapshot_every_s: float = 300.0  # index snapshots; also written at shutdown and on reload
+    types: tuple[TypeSpec, ...] = ()  # content types beyond the built-ins
+    fetch: FetchSpec = FetchSpec()
 
     @property
     def folder(self) -> Path:
@@ -152,7 +171,10 @@ class _Errors:
         return value
 
 
-TOP_KEYS = ("database", "data_dir", "api", "models", "indexes", "outputs", "collection", "snapshot_every_s")
+TOP_KEYS = ("database", "data_dir", "api", "models", "indexes", "outputs", "collection", "snapshot_every_s",
+            "types", "fetch")
+FETCH_KEYS = ("workers", "timeout_s", "max_bytes", "retries")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 DATABASE_KEYS = ("uri", "name", "embedded")
 API_KEYS = ("listen", "unix", "token", "max_line_bytes", "max_connections", "idle_timeout_s", "metrics_listen")
 MODEL_KEYS = ("object", "args", "collection", "key", "features", "filter", "active", "batch_size",
@@ -211,11 +233,46 @@ def parse(root: Located, path: Path) -> Registry:
     indexes = _parse_indexes(errors, errors.section(root, "indexes"), models)
 
     snapshot_every_s = float(errors.typed(root, "snapshot_every_s", (int, float), "the registry", 300))
+    types_map = errors.section(root, "types")
+    types = []
+    for name, target in types_map.items():
+        if not isinstance(target, str) or ":" not in target:
+            errors.add(f"types.{name} must be an import path `module:Class`, not {target!r}",
+                       types_map.line_of(name), "a class with decode(bytes) and encode(value)")
+        else:
+            types.append(TypeSpec(str(name), target, types_map.line_of(name) or 0))
+    fetch = _parse_fetch(errors, errors.section(root, "fetch"))
     if errors.items:
         raise ConfigErrors(errors.items)
     return Registry(path=path, database=database, api=api, data_dir=data_dir, models=models,
                     indexes=indexes, outputs=outputs,
-                    snapshot_every_s=snapshot_every_s)
+                    snapshot_every_s=snapshot_every_s, types=tuple(types), fetch=fetch)
+
+
+def _parse_fetch(errors: _Errors, section: Located) -> FetchSpec:
+    errors.unknown_keys(section, FETCH_KEYS, "fetch")
+    max_bytes = errors.typed(section, "max_bytes", (int, str), "fetch", 20 << 20)
+    if isinstance(max_bytes, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*", max_bytes, re.IGNORECASE)
+        if match:
+            max_bytes = int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+        else:
+            errors.add(f"fetch.max_bytes is {max_bytes!r}", section.line_of("max_bytes"),
+                       "a number of bytes, or e.g. 512KB, 20MB, 1GB")
+            max_bytes = 20 << 20
+    spec = FetchSpec(
+        workers=errors.typed(section, "workers", (int,), "fetch", 8),
+        timeout_s=float(errors.typed(section, "timeout_s", (int, float), "fetch", 10.0)),
+        max_bytes=max_bytes,
+        retries=errors.typed(section, "retries", (int,), "fetch", 2),
+    )
+    for key, value, low in (("workers", spec.workers, 1), ("retries", spec.retries, 0),
+                            ("max_bytes", spec.max_bytes, 1)):
+        if value < low:
+            errors.add(f"fetch.{key} must be at least {low}", section.line_of(key))
+    if spec.timeout_s <= 0:
+        errors.add("fetch.timeout_s must be positive", section.line_of("timeout_s"))
+    return spec
 
 
 def _parse_models(errors: _Errors, section: Located, default_collection: str | None) -> dict[str, ModelSpec]:
