@@ -229,3 +229,19 @@ def test_restart_loads_snapshot_and_catches_up(tmp_path, mongo_server, db_name, 
         wait_until(lambda: c.search("letters", vector=letters("yellow").tolist(), n=1)[0]["_id"] == ids[1]
                    and c.search("letters", vector=letters("yellow").tolist(), n=1)[0]["score"] > 0.999,
                    message="updated vector replaced")
+
+
+def test_poison_is_not_retried_on_every_restart(tmp_path, mongo_server, db_name, serve_factory, db, store):
+    """A failed input is remembered: a restart's scan skips it; changing the document tries it again."""
+    registry = write_registry(tmp_path, REGISTRY, uri=mongo_server.uri, db=db_name, store=store)
+    serve = serve_factory(registry)
+    bad = db.docs.insert_one({"text": "POISON"}).inserted_id
+    entry = wait_until(lambda: db["_modelstream.errors"].find_one({"_id.doc": bad, "_id.model": "letters"}))
+    assert serve.terminate() == 0
+    serve = serve_factory(registry)
+    wait_until(lambda: serve.status()["phase"] == "streaming")
+    assert serve.status()["models"].get("letters", {}).get("failed", 0) == 0
+    assert db["_modelstream.errors"].find_one({"_id": entry["_id"]})["attempts"] == entry["attempts"]
+    db.docs.update_one({"_id": bad}, {"$set": {"text": "cured"}})
+    wait_until(lambda: output(db, store, bad, "text.letters") is not None, message="changed input processed")
+    wait_until(lambda: db["_modelstream.errors"].find_one({"_id": entry["_id"]}) is None, message="entry cleared")

@@ -48,12 +48,11 @@ class Operations:
         from modelstream.daemon.failures import ERRORS
 
         query = {"_id.model": request["model"]} if request.get("model") else {}
-        entries = list(self.daemon.db[ERRORS].find(query, {"_id": 1}))
-        self.daemon.db[ERRORS].delete_many({"_id": {"$in": [e["_id"] for e in entries]}})
+        processor = self.daemon.follower.processor
+        entries = processor.failures.forget(query)
         by_collection: dict[str, list] = {}
         for e in entries:
             by_collection.setdefault(e["_id"]["collection"], []).append(e["_id"]["doc"])
-        processor = self.daemon.follower.processor
         for coll, ids in by_collection.items():
             if coll in processor.stores:
                 for start in range(0, len(ids), 256):

@@ -12,6 +12,7 @@ from typing import Any
 from pymongo.database import Database
 
 from modelstream.daemon.documents import STATE_PREFIX
+from modelstream.daemon.stores import DURABLE
 
 CHECKPOINTS = STATE_PREFIX + "checkpoints"
 STREAM = "changes"
@@ -19,7 +20,7 @@ STREAM = "changes"
 
 class Checkpoints:
     def __init__(self, db: Database):
-        self.collection = db[CHECKPOINTS]
+        self.collection = db.get_collection(CHECKPOINTS, write_concern=DURABLE)
 
     def load(self) -> dict | None:
         doc = self.collection.find_one({"_id": STREAM})

@@ -84,6 +84,8 @@ class Processor:
             failed = {id_key(f.doc_id) for f in write_failures}
             landed = [b for b in batch if id_key(b.doc["_id"]) not in failed and b.write.landed]
             self._remember(collection, landed)
+            self.failures.resolved(collection, [(m, b.doc["_id"]) for b in landed for m in b.write.models
+                                                if m in b.fresh])
             self._update_indexes(collection, landed, load_index)
         if deleted:
             store.forget(deleted)
@@ -138,8 +140,9 @@ class Processor:
                     self._unset(item, spec)
                 continue
             fp = fingerprint(version, roots, item.doc)
-            if get_path(item.stored, f"{FINGERPRINTS}.{name}") == fp and name not in force:
-                continue
+            if name not in force and (get_path(item.stored, f"{FINGERPRINTS}.{name}") == fp
+                                      or self.failures.failed_before(collection, name, item.doc["_id"], fp)):
+                continue  # up to date, or failed on this very input already (`modelstream retry` re-queues)
             pending.append((item, fp, has_output))
         self._prefetch(spec, [item for item, _, _ in pending])
         bad_input: list[dict] = []
@@ -148,7 +151,7 @@ class Processor:
                 value = self._input(spec, item)
             except ContentError as exc:  # undecodable bytes, unknown type, broken url: this document fails
                 bad_input.append({"collection": collection, "model": name, "doc_id": item.doc["_id"],
-                                  "error": f"{spec.key}: {exc}", "attempts": exc.attempts})
+                                  "error": f"{spec.key}: {exc}", "attempts": exc.attempts, "fingerprint": fp})
                 continue
             if value is MISSING:
                 if has_output:
@@ -174,13 +177,14 @@ class Processor:
             for (item, _, fp), output, error in zip(part, outputs, errors):
                 if error is not None:
                     failed.append({"collection": collection, "model": name, "doc_id": item.doc["_id"],
-                                   "error": error, "attempts": 1 + len(RETRY_DELAYS_S)})
+                                   "error": error, "attempts": 1 + len(RETRY_DELAYS_S), "fingerprint": fp})
                     continue
                 try:
                     stored_value = to_stored(output, spec.vector)
                 except Exception as exc:  # noqa: BLE001 - an unstorable output is this document's failure
                     failed.append({"collection": collection, "model": name, "doc_id": item.doc["_id"],
-                                   "error": f"output cannot be stored: {exc}", "attempts": 1})
+                                   "error": f"output cannot be stored: {exc}", "attempts": 1,
+                                   "fingerprint": fp})
                     continue
                 item.fresh[name] = output
                 item.write.sets[spec.output_path()] = stored_value

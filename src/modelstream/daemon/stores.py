@@ -15,8 +15,13 @@ from typing import Any
 from pymongo import DeleteMany, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError
+from pymongo.write_concern import WriteConcern
 
 from modelstream.daemon.documents import FINGERPRINTS, OUTPUTS, SIDE_PREFIX, get_path, id_key
+
+# Outputs and the resume point must survive a crash of the server too, or a checkpoint could cover
+# outputs that were lost: journaled, and on a majority so a failover cannot roll them back.
+DURABLE = WriteConcern(w="majority", j=True)
 
 ID_CHUNK = 256  # large $in lists are slow on some servers; chunks keep each query cheap
 
@@ -59,7 +64,7 @@ class InlineStore:
     kind = "inline"
 
     def __init__(self, source: Collection):
-        self.source = source
+        self.source = source.with_options(write_concern=DURABLE)
 
     def stored(self, docs: list[dict]) -> dict[Hashable, dict]:
         """The outputs and fingerprints each document already has: inline, they came with it."""
@@ -108,7 +113,7 @@ class CollectionStore:
 
     def __init__(self, source: Collection):
         self.source = source
-        self.side = source.database[SIDE_PREFIX + source.name]
+        self.side = source.database.get_collection(SIDE_PREFIX + source.name, write_concern=DURABLE)
 
     def stored(self, docs: list[dict]) -> dict[Hashable, dict]:
         found: dict[Hashable, dict] = {}
