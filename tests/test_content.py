@@ -194,6 +194,18 @@ def test_bad_type_import_is_a_config_error(tmp_path):
         reader_for(load(path).registry)
 
 
+def test_fetch_settings_parse_and_validate(tmp_path):
+    """`fetch:` takes sizes like 20MB; bad values name their line."""
+    path = tmp_path / "registry.yaml"
+    path.write_text("database: {name: x}\nfetch: {workers: 3, timeout_s: 2.5, max_bytes: 512KB, retries: 0}\n")
+    fetch = load(path).registry.fetch
+    assert (fetch.workers, fetch.timeout_s, fetch.max_bytes, fetch.retries) == (3, 2.5, 512 << 10, 0)
+    path.write_text("database: {name: x}\nfetch:\n  workers: 0\n  max_bytes: lots\n")
+    with pytest.raises(ConfigErrors, match=r"(?s)registry.yaml:4.*fetch.max_bytes is 'lots'.*registry.yaml:3.*"
+                                           r"fetch.workers must be at least 1"):
+        load(path)
+
+
 def _split(field: dict) -> tuple[dict, bytes]:
     content = field["_content"]
     return content, bytes(content["bytes"])
