@@ -133,6 +133,8 @@ def test_unusable_resume_token_is_detected_and_rescanned(tmp_path, how, cleanup)
     cleanup(daemon)
     wait_quiescent(db, "collection", daemon, timeout_s=60)
     assert daemon.log_events("change stream position lost: rescanning everything"), daemon.tail()
+    wait_until(lambda: db["_modelstream.checkpoints"].find_one({"_id": "changes"}),
+               message="a fresh checkpoint (saved after the first batch, or within a second when idle)")
     assert db["_modelstream.checkpoints"].find_one({"_id": "changes"})["token"] != saved
     assert_clean(check_state(db, "collection", daemon, vector_sample=None))
     client.close()

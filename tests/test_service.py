@@ -149,11 +149,11 @@ indexes:
     assert after["scaled"]["done"] == before["scaled"]["done"] + 300
     assert after["letters"]["done"] == before["letters"]["done"]  # upstream unchanged
     assert after["length"]["done"] == before["length"]["done"]  # unrelated
-    doc = db.docs.find_one({"text": "text 7"})
     from modelstream.content import vector_of
     from toymodels import letters
 
-    assert (vector_of(doc["_outputs"]["text"]["scaled"]) == 3 * letters("text 7")).all()
+    wait_until(lambda: (vector_of(db.docs.find_one({"text": "text 7"})["_outputs"]["text"]["scaled"])
+                        == 3 * letters("text 7")).all(), message="recomputed output written")
     assert answered > 0
 
 

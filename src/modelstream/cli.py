@@ -45,8 +45,11 @@ def check(config: ConfigOpt, imports: Annotated[bool, typer.Option(help="Also im
     """Validate a registry; exit non-zero with file:line errors. Imports the models too (--no-imports skips)."""
     plan = _load(config)
     if imports:
+        from modelstream.content import reader_for
+
         try:
             registry.load_models(plan.registry, plan.versions)
+            reader_for(plan.registry)  # user `types:` import too
         except ConfigErrors as exc:
             _fail(str(exc), 2)
     reg = plan.registry

@@ -10,6 +10,7 @@ the oplog, invalidated stream) is logged loudly and followed by a fresh scan.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -121,28 +122,40 @@ class Follower:
             if need_scan or token is None:
                 self.scan(stop)
             self.stats.phase = "streaming"
-            last_saved = 0.0
-            while not stop.is_set():
-                events = pending or self._gather(stream)
-                pending = []
-                if events:
-                    self.stats.idle = False
-                    self._apply(events)
-                    self.checkpoints.save(stream.resume_token)
-                    last_saved = time.monotonic()
-                    if any(e["operationType"] in ("invalidate", "dropDatabase") for e in events):
-                        return  # the stream is closed: reopen from the saved token
-                else:
-                    self.stats.idle = True
-                    if time.monotonic() - last_saved > IDLE_CHECKPOINT_S and stream.resume_token:
-                        self.checkpoints.save(stream.resume_token)  # postBatchResumeToken: an idle stream advances
+            if pending:
+                self._step(pending, stream.resume_token)
+            reader = _ReadAhead(self, stream)
+            try:
+                last_saved = time.monotonic()
+                while not stop.is_set():
+                    item = reader.next(timeout_s=AWAIT_MS / 1000 + 1)
+                    if item is None:
+                        continue
+                    events, resume_token, alive = item
+                    if events:
+                        if self._step(events, resume_token):
+                            return
                         last_saved = time.monotonic()
-                if self.on_batch:
-                    self.on_batch()
-                if not stream.alive:  # invalidated (dropDatabase; its events are $match-ed out): reopen after it
-                    if stream.resume_token:
-                        self.checkpoints.save(stream.resume_token)
-                    return
+                    else:
+                        self.stats.idle = True
+                        if time.monotonic() - last_saved > IDLE_CHECKPOINT_S and resume_token:
+                            self.checkpoints.save(resume_token)  # postBatchResumeToken: an idle stream advances
+                            last_saved = time.monotonic()
+                    if self.on_batch:
+                        self.on_batch()
+                    if not alive:  # invalidated (dropDatabase; its events are $match-ed out): reopen after it
+                        if resume_token:
+                            self.checkpoints.save(resume_token)
+                        return
+            finally:
+                reader.close()
+
+    def _step(self, events: list[dict], resume_token: dict | None) -> bool:
+        """Apply one batch, then checkpoint it; True when the stream was invalidated and must be reopened."""
+        self.stats.idle = False
+        self._apply(events)
+        self.checkpoints.save(resume_token)
+        return any(e["operationType"] in ("invalidate", "dropDatabase") for e in events)
 
     def _gather(self, stream) -> list[dict]:
         """The events the next getMore brings (waiting up to AWAIT_MS), and those already buffered."""
@@ -235,3 +248,53 @@ class Follower:
             self.processor.process(coll, [], part)
         if orphans:
             logger.info("removed orphaned outputs", collection=coll, count=len(orphans))
+
+
+class _ReadAhead:
+    """Reads the next events while the current batch is computed and written.
+
+    The database and the daemon then work at the same time instead of taking turns; the queue is
+    short, so a slow model applies back-pressure. Each item carries the resume token that covers
+    exactly its events, so a checkpoint never runs ahead of the work done. Errors travel through
+    the queue and are raised in the follower's thread, where the retry logic lives.
+    """
+
+    def __init__(self, follower: Follower, stream) -> None:
+        self.follower = follower
+        self.stream = stream
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="stream-reader", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.halt.is_set():
+                events = self.follower._gather(self.stream)
+                alive = self.stream.alive
+                self._put((events, self.stream.resume_token, alive))
+                if not alive:
+                    return
+        except Exception as exc:  # noqa: BLE001 - handed to the follower thread
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self.halt.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def next(self, timeout_s: float):
+        try:
+            item = self.queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.halt.set()
+        self.thread.join(AWAIT_MS / 1000 + 5)

@@ -16,6 +16,7 @@ import pymongo
 from prometheus_client.core import GaugeMetricFamily
 
 from modelstream import log
+from modelstream.content import reader_for
 from modelstream.daemon.checkpoint import Checkpoints
 from modelstream.daemon.embedded import EmbeddedServer
 from modelstream.daemon.failures import FailureLog
@@ -131,6 +132,7 @@ class Daemon:
             logger.error("reload refused: database, api or data_dir changed", hint="restart the daemon for those")
             return False
         models = load_models(new, plan.versions)  # may raise ConfigErrors: nothing has changed yet
+        reader_for(new)  # user types import now, for the same reason
         self.stop_event.set()
         if self.thread is not None:
             self.thread.join()
