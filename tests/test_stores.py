@@ -206,3 +206,30 @@ def test_migrate_resumes_after_a_crash(db, to):
     assert db[MIGRATIONS].find_one({"_id": "people"})["finished_at"] is not None
     again = migrate_collection(db, "people", to, page=5)  # idempotent: nothing left to move
     assert again.moved == 0 and all_outputs(db, to) == expected
+
+
+def test_outputs_database_keeps_every_daemon_write_out_of_the_watched_database(tmp_path, mongo_server, db_name, db,
+                                                                            mongo, serve_factory):
+    """With `outputs.database`, side outputs, checkpoints and errors live there: the app's database sees none."""
+    from conftest import wait_until, write_registry
+
+    own = db_name + "_own"
+    path = write_registry(tmp_path, """
+database: {{uri: "{uri}", name: {db}}}
+api: {{listen: null}}
+outputs: {{store: collection, database: {own}}}
+models:
+  letters: {{object: "toymodels:letters", collection: docs, key: text}}
+indexes:
+  letters: {{models: [letters]}}
+""", uri=mongo_server.uri, db=db_name, own=own)
+    serve = serve_factory(path)
+    try:
+        db.docs.insert_many([{"text": "abc"}, {"text": "POISON"}])
+        wait_until(lambda: mongo[own]["_modelstream.errors"].count_documents({}) == 1
+                   and serve.status()["indexes"]["letters"]["size"] == 1)
+        wait_until(lambda: mongo[own]["_modelstream.checkpoints"].find_one({"_id": "changes"}))
+        assert mongo[own]["_outputs.docs"].count_documents({}) == 1
+        assert db.list_collection_names() == ["docs"]
+    finally:
+        mongo.drop_database(own)

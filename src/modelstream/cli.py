@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from modelstream import log, registry
+from modelstream.daemon.documents import own_database
 from modelstream.errors import ApiError, ConfigErrors, ModelstreamError
 
 app = typer.Typer(help="Run ML models on live MongoDB data: outputs written back, vector indexes kept in step.",
@@ -327,7 +328,7 @@ def backfill(config: ConfigOpt) -> None:
     def run(plan, db):
         models = registry.load_models(plan.registry, plan.versions)
         stats = Stats()
-        processor = Processor(db, plan, models, {}, FailureLog(db), stats)  # no indexes: the daemon owns them
+        processor = Processor(db, plan, models, {}, FailureLog(own_database(db, plan.registry)), stats)  # no indexes: the daemon owns them
         for coll in plan.registry.collections():
             with tqdm(total=db[coll].estimated_document_count(), desc=f"backfill {coll}", unit="doc") as bar:
                 page: list = []
@@ -353,7 +354,11 @@ def errors(config: ConfigOpt, model: Annotated[Optional[str], typer.Option(help=
     """List documents that could not be processed: model, document, attempts, reason, hint."""
     from modelstream.daemon.failures import FailureLog
 
-    entries = _with_database(config, lambda plan, db: (FailureLog(db).list(model, limit), FailureLog(db).count()))
+    def read(plan, db):
+        failures = FailureLog(own_database(db, plan.registry))
+        return failures.list(model, limit), failures.count()
+
+    entries = _with_database(config, read)
     listed, total = entries
     if as_json:
         _print_json(listed)
@@ -383,7 +388,7 @@ def retry(config: ConfigOpt, model: Annotated[Optional[str], typer.Option(help="
         _fail(f"error ({exc.code}): {exc}")
     from modelstream.daemon.failures import ERRORS
 
-    cleared = _with_database(config, lambda plan, db: db[ERRORS].delete_many(
+    cleared = _with_database(config, lambda plan, db: own_database(db, plan.registry)[ERRORS].delete_many(
         {"_id.model": model} if model else {}).deleted_count)
     typer.echo(f"no daemon running: cleared {cleared} error entries; the next start retries those documents")
 
@@ -447,8 +452,9 @@ def migrate_outputs(
     try:
         db = client[reg.database.name]
         for name in names:
-            with tqdm(total=pending(db, name, to), desc=name, unit="doc", disable=not progress) as bar:
-                done = migrate_collection(db, name, to, page=page, progress=bar.update)
+            own = own_database(db, reg)
+            with tqdm(total=pending(db, name, to, own), desc=name, unit="doc", disable=not progress) as bar:
+                done = migrate_collection(db, name, to, page=page, progress=bar.update, own=own)
             resumed = f" (resumed after _id {done.resumed_from})" if done.resumed_from is not None else ""
             typer.echo(f"{name}: {done.moved} documents' outputs moved to {to}{resumed}"
                        + (f", {done.dropped} orphaned side documents dropped" if done.dropped else ""))

@@ -58,7 +58,7 @@ class Operations:
                 for start in range(0, len(ids), 256):
                     docs = list(self.daemon.db[coll].find({"_id": {"$in": ids[start:start + 256]}}))
                     processor.process(coll, docs, [])
-        failed = self.daemon.db[ERRORS].count_documents(query)
+        failed = self.daemon.own_db[ERRORS].count_documents(query)
         return {"retried": len(entries), "failed": failed}
 
     def metrics(self, request: dict) -> dict:

@@ -19,6 +19,13 @@ SIDE_PREFIX = "_outputs."  # side collections of the `collection` store
 _MISSING = object()
 
 
+def own_database(db: Any, registry: Any) -> Any:
+    """Where the daemon keeps its own collections (side outputs, checkpoints, errors, migrations): the
+    watched database, or `outputs.database` for applications that must not see a single foreign write."""
+    name = registry.outputs.database
+    return db.client[name] if name else db
+
+
 def get_path(doc: Any, path: str, default: Any = None) -> Any:
     """doc["a"]["b"] for "a.b"; `default` where any step is missing."""
     value = doc

@@ -56,13 +56,14 @@ def _reserved_of(raw: RawBSONDocument) -> dict[str, Any]:
 
 
 def migrate_collection(db: Database, coll: str, to: str, *, page: int = PAGE,
-                       progress: Callable[[int], None] | None = None) -> Moved:
+                       progress: Callable[[int], None] | None = None, own: Database | None = None) -> Moved:
     """Move one collection's outputs into the store `to`; returns what was done."""
     if to not in STORES:
         raise ValueError(f"unknown store {to!r}: choose one of {', '.join(STORES)}")
     source = db.get_collection(coll, codec_options=RAW)
-    side = db.get_collection(SIDE_PREFIX + coll, codec_options=RAW)
-    log = db[MIGRATIONS]
+    own = db if own is None else own  # the daemon's own database (`outputs.database`)
+    side = own.get_collection(SIDE_PREFIX + coll, codec_options=RAW)
+    log = own[MIGRATIONS]
     record = log.find_one({"_id": coll}) or {}
     result = Moved(coll, to)
     last = None
@@ -146,8 +147,8 @@ def _one_bracket(docs: list) -> list:
     return [d for d in docs if _bracket(d["_id"]) == first] if _bracket(docs[-1]["_id"]) != first else docs
 
 
-def pending(db: Database, coll: str, to: str) -> int:
+def pending(db: Database, coll: str, to: str, own: Database | None = None) -> int:
     """How many documents still hold outputs in the store we move away from (a bound for the bar)."""
     if to == "collection":
         return db[coll].count_documents(_has_outputs())
-    return db[SIDE_PREFIX + coll].estimated_document_count()
+    return (db if own is None else own)[SIDE_PREFIX + coll].estimated_document_count()

@@ -20,7 +20,7 @@ from pymongo.database import Database
 
 from modelstream import log
 from modelstream.content import ContentError, decode_input, reader_for, to_stored, vector_of
-from modelstream.daemon.documents import FINGERPRINTS, fingerprint, get_path, id_key, user_fields
+from modelstream.daemon.documents import FINGERPRINTS, own_database, fingerprint, get_path, id_key, user_fields
 from modelstream.daemon.failures import FailureLog
 from modelstream.daemon.stats import Stats
 from modelstream.daemon.stores import DocWrite, chunks, store_for
@@ -58,7 +58,8 @@ class Processor:
         self.failures = failures
         self.stats = stats
         registry = plan.registry
-        self.stores = {c: store_for(registry.outputs.store_for(c), db[c]) for c in registry.collections()}
+        own = own_database(db, registry)
+        self.stores = {c: store_for(registry.outputs.store_for(c), db[c], own) for c in registry.collections()}
         self.content = reader_for(registry)  # `_content` types and url fetching
         self.recent: OrderedDict[tuple[str, Hashable], dict[str, str]] = OrderedDict()
 

@@ -7,7 +7,7 @@ from typing import Any
 from pymongo import UpdateOne
 from pymongo.database import Database
 
-from modelstream.daemon.documents import FINGERPRINTS, OUTPUTS
+from modelstream.daemon.documents import FINGERPRINTS, OUTPUTS, own_database
 from modelstream.daemon.stores import SIDE_PREFIX
 from modelstream.registry import Plan
 
@@ -31,7 +31,7 @@ def prune(db: Database, plan: Plan) -> dict[str, int]:
     known = set(plan.registry.models)
     removed: dict[str, int] = {}
     for coll in plan.registry.collections():
-        for target in (db[coll], db[SIDE_PREFIX + coll]):
+        for target in (db[coll], own_database(db, plan.registry)[SIDE_PREFIX + coll]):
             ops: list[UpdateOne] = []
             for doc in target.find({FINGERPRINTS: {"$exists": True}}, {OUTPUTS: 1, FINGERPRINTS: 1}):
                 gone = [m for m in doc.get(FINGERPRINTS, {}) if m not in known]

@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from modelstream import log
 from modelstream.content import reader_for
 from modelstream.daemon.checkpoint import Checkpoints
+from modelstream.daemon.documents import own_database
 from modelstream.daemon.embedded import EmbeddedServer
 from modelstream.daemon.failures import FailureLog
 from modelstream.daemon.follower import Follower
@@ -88,7 +89,7 @@ class Daemon:
 
     def save_indexes(self) -> None:
         """Snapshot every index with the resume point it reflects (best effort: the index is derived)."""
-        token = Checkpoints(self.db).load() if self.stats.connection == "connected" else None
+        token = Checkpoints(self.own_db).load() if self.stats.connection == "connected" else None
         for name, index in self.indexes.items():
             try:
                 size = save_snapshot(index, self.snapshot_path(name), self._source_version(name), token)
@@ -108,9 +109,14 @@ class Daemon:
     def db(self):
         return self.client[self.plan.registry.database.name]
 
+    @property
+    def own_db(self):
+        """The daemon's own collections: checkpoints, errors, side outputs."""
+        return own_database(self.db, self.plan.registry)
+
     def build(self) -> Follower:
-        processor = Processor(self.db, self.plan, self.models, self.indexes, FailureLog(self.db), self.stats)
-        return Follower(self.db, processor, Checkpoints(self.db), self.stats)
+        processor = Processor(self.db, self.plan, self.models, self.indexes, FailureLog(self.own_db), self.stats)
+        return Follower(self.db, processor, Checkpoints(self.own_db), self.stats)
 
 
     def start(self) -> None:
@@ -216,7 +222,7 @@ class Daemon:
                             "embedded": self.embedded is not None}
         snap["indexes"] = {name: {"size": len(ix), "dim": ix.dim, "measure": ix.measure, "bytes": ix.nbytes()}
                            for name, ix in self.indexes.items()}
-        snap["resume_point"] = Checkpoints(self.db).load() if self.stats.connection == "connected" else None
+        snap["resume_point"] = Checkpoints(self.own_db).load() if self.stats.connection == "connected" else None
         return snap
 
     def close(self, timeout_s: float = 60.0) -> None:

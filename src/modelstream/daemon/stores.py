@@ -14,6 +14,7 @@ from typing import Any
 
 from pymongo import DeleteMany, UpdateOne
 from pymongo.collection import Collection
+from pymongo.database import Database
 from pymongo.errors import BulkWriteError
 from pymongo.write_concern import WriteConcern
 
@@ -111,9 +112,10 @@ class InlineStore:
 class CollectionStore:
     kind = "collection"
 
-    def __init__(self, source: Collection):
+    def __init__(self, source: Collection, own: Database | None = None):
         self.source = source
-        self.side = source.database.get_collection(SIDE_PREFIX + source.name, write_concern=DURABLE)
+        own = source.database if own is None else own
+        self.side = own.get_collection(SIDE_PREFIX + source.name, write_concern=DURABLE)
 
     def stored(self, docs: list[dict]) -> dict[Hashable, dict]:
         found: dict[Hashable, dict] = {}
@@ -156,8 +158,9 @@ def _bulk(target: Collection, ops: list, writes: list[DocWrite],
         return failures, exc.details.get("nMatched", 0)
 
 
-def store_for(kind: str, source: Collection) -> InlineStore | CollectionStore:
-    return CollectionStore(source) if kind == "collection" else InlineStore(source)
+def store_for(kind: str, source: Collection, own: Database | None = None) -> InlineStore | CollectionStore:
+    """The store of one collection; `own` is the database of the daemon's own collections (side outputs)."""
+    return CollectionStore(source, own) if kind == "collection" else InlineStore(source)
 
 
 __all__ = ["FINGERPRINTS", "OUTPUTS", "CollectionStore", "DocWrite", "InlineStore", "WriteFailure", "store_for"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pymongo.database import Database
 
-from modelstream.daemon.documents import FINGERPRINTS, fingerprint, get_path, id_key
+from modelstream.daemon.documents import FINGERPRINTS, own_database, fingerprint, get_path, id_key
 from modelstream.daemon.failures import ERRORS
 from modelstream.daemon.stores import store_for
 from modelstream.registry import BASE_KEY, Plan
@@ -46,12 +46,13 @@ class Report:
 def verify(db: Database, plan: Plan, progress: Callable[[int], None] | None = None) -> Report:
     report = Report()
     for coll in plan.registry.collections():
-        store = store_for(plan.registry.outputs.store_for(coll), db[coll])
+        own = own_database(db, plan.registry)
+        store = store_for(plan.registry.outputs.store_for(coll), db[coll], own)
         specs = plan.models_of(coll)
         for spec in specs:
             report.models[spec.name] = ModelReport(spec.name, coll)
         failed = {(e["_id"]["model"], id_key(e["_id"]["doc"]))
-                  for e in db[ERRORS].find({"_id.collection": coll}, {"_id": 1})}
+                  for e in own[ERRORS].find({"_id.collection": coll}, {"_id": 1})}
         seen = set()
         page: list[dict] = []
         for doc in db[coll].find({}).sort("_id", 1).batch_size(PAGE):

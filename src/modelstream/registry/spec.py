@@ -81,6 +81,7 @@ class IndexSpec:
 class OutputsSpec:
     store: str = "inline"
     collections: dict[str, str] = field(default_factory=dict)
+    database: str | None = None  # the daemon's own collections live here (default: the watched database)
 
     def store_for(self, collection: str) -> str:
         return self.collections.get(collection, self.store)
@@ -181,7 +182,7 @@ MODEL_KEYS = ("object", "args", "collection", "key", "features", "filter", "acti
               "max_wait_ms", "device", "vector")
 INDEX_PARAMS = ("m", "ef_construction", "ef_search", "nlist", "nprobe")
 INDEX_KEYS = ("models", "measure", "type", *INDEX_PARAMS)
-OUTPUTS_KEYS = ("store", "collections")
+OUTPUTS_KEYS = ("store", "collections", "database")
 
 
 def parse(root: Located, path: Path) -> Registry:
@@ -226,6 +227,7 @@ def parse(root: Located, path: Path) -> Registry:
     outputs = OutputsSpec(
         store=errors.choice(outputs_map, "store", STORES, "outputs", "inline"),
         collections={str(k): v for k, v in per_collection.items() if v in STORES},
+        database=errors.typed(outputs_map, "database", (str,), "outputs"),
     )
 
     default_collection = errors.typed(root, "collection", (str,), "the registry")
