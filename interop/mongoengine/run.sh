@@ -4,9 +4,10 @@
 #
 #   interop/mongoengine/run.sh [PYTEST_PATHS...]      (default: tests, the whole suite)
 #
-# Fetches nothing but PyPI packages (pip) into a scratch venv. The test sources in ./tests are
-# MongoEngine's, tag v0.29.3 (commit 30f6d56c5c0777f084213faf6b6e923acea225f7, MIT, see ./LICENSE),
-# matching the `mongoengine==0.29.3` installed from PyPI. MongoEngine's tests connect to
+# MongoEngine's test sources are not kept in this repository: the script takes them from a git
+# copy of github.com/MongoEngine/mongoengine (MONGOENGINE_GIT: a clone's .git or a bare mirror), at
+# tag v0.29.3 (commit 30f6d56c5c0777f084213faf6b6e923acea225f7, MIT licence), matching the
+# `mongoengine==0.29.3` installed from PyPI into a scratch venv. MongoEngine's tests connect to
 # localhost:27017, database `mongoenginetest`: the server is started there (the port must be free).
 # Env: WORK (scratch folder, default /tmp/modelstream-mongoengine), MODELSTREAM_PYTHON (the
 # python that has modelstream and SecantusDB, default the repository's .venv), RUNS (default
@@ -20,6 +21,10 @@ RUNS="${RUNS:-alone alone2 collection inline}"
 PORT=27017
 TESTS=("$@"); [ ${#TESTS[@]} -eq 0 ] && TESTS=(tests)
 mkdir -p "$WORK"
+MONGOENGINE_COMMIT=30f6d56c5c0777f084213faf6b6e923acea225f7
+: "${MONGOENGINE_GIT:?set MONGOENGINE_GIT to a git dir of github.com/MongoEngine/mongoengine (git clone it)}"
+rm -rf "$WORK/src" && mkdir -p "$WORK/src"
+git --git-dir="$MONGOENGINE_GIT" archive "$MONGOENGINE_COMMIT" tests setup.cfg | tar -x -C "$WORK/src"
 
 if [ ! -x "$WORK/venv/bin/python" ]; then
   python3 -m venv "$WORK/venv"
@@ -52,7 +57,7 @@ start_daemon() {  # $1 run name, $2 store
 database: {uri: "mongodb://127.0.0.1:$PORT/?directConnection=true", name: mongoenginetest}
 api: {listen: null, unix: "$WORK/$1/api.sock"}
 data_dir: "$WORK/$1/ms"
-outputs: {store: $2}
+outputs: {store: $2$( [ "$2" = collection ] && echo ", database: modelstream_own" )}
 models:
   person_name: {object: "models:letters", collection: person, key: name}
   person_doubled: {object: "models:letters", collection: person, key: name, features: {name: person_name}}
@@ -79,7 +84,7 @@ for run in $RUNS; do
   case "$run" in collection|inline) start_daemon "$run" "$run" ;; esac
   echo "== $run: pytest ${TESTS[*]}"
   started=$(date +%s)
-  (cd "$HERE" && timeout 1200 "$WORK/venv/bin/python" -m pytest "${TESTS[@]}" -p no:cacheprovider -q \
+  (cd "$WORK/src" && timeout 1200 "$WORK/venv/bin/python" -m pytest "${TESTS[@]}" -p no:cacheprovider -q \
      --junitxml="$WORK/$run.xml" > "$WORK/$run.pytest.log" 2>&1) || true
   echo "   $(tail -1 "$WORK/$run.pytest.log")  ($(( $(date +%s) - started ))s)"
   if [ -n "$SERVE_PID" ]; then

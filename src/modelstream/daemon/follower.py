@@ -264,6 +264,7 @@ class _ReadAhead:
         self.stream = stream
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.halt = threading.Event()
+        self.held: Exception | None = None
         self.thread = threading.Thread(target=self._run, name="stream-reader", daemon=True)
         self.thread.start()
 
@@ -287,14 +288,30 @@ class _ReadAhead:
                 continue
 
     def next(self, timeout_s: float):
+        """The next events, merged with any more already read (up to MAX_EVENTS): a busy stream gives the
+        models bigger batches. The resume token and liveness are those of the last part merged."""
+        if self.held is not None:
+            raise self.held
         try:
             item = self.queue.get(timeout=timeout_s)
         except queue.Empty:
             return None
         if isinstance(item, Exception):
             raise item
-        return item
+        events, token, alive = item
+        while alive and events and len(events) < MAX_EVENTS:
+            try:
+                more = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(more, Exception):
+                self.held = more  # raised on the next call, after this batch is done
+                break
+            events = events + more[0]
+            token, alive = more[1], more[2]
+        return events, token, alive
 
     def close(self) -> None:
         self.halt.set()
         self.thread.join(AWAIT_MS / 1000 + 5)
+

@@ -81,6 +81,8 @@ def versions(models: dict[str, ModelSpec], order: list[str]) -> dict[str, str]:
             "vector": model.vector,
             "upstream": {u: result[u] for u in upstream_of(model)},
         }
+        if model.weights_sha256:  # only when set: adding the key never changes an existing version
+            spec["weights"] = model.weights_sha256
         text = json.dumps(spec, sort_keys=True, default=str)
         result[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return result

@@ -90,6 +90,15 @@ def _pick_device(requested: str) -> str:
         return "cpu"
 
 
+def load_weights(obj: Any, path: str) -> None:
+    """A model's `weights:` (a state_dict, as `modelstream train` saves it), loaded after instantiation."""
+    import torch
+
+    if not hasattr(obj, "load_state_dict"):
+        raise TypeError(f"`weights` given, but {type(obj).__name__} has no load_state_dict")
+    obj.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
 def load_models(registry: Registry, versions: dict[str, str], names: list[str] | None = None) -> dict[str, Model]:
     """Load every model (or `names`), sharing one object per owner; import failures name file:line."""
     search = [registry.folder.resolve(), Path.cwd()]
@@ -104,6 +113,8 @@ def load_models(registry: Registry, versions: dict[str, str], names: list[str] |
             owner_spec = registry.models[owner]
             try:
                 obj = _instantiate(import_path(owner_spec.object, search), owner_spec.args)
+                if owner_spec.weights:
+                    load_weights(obj, owner_spec.weights)
                 device = _pick_device(owner_spec.device)
                 if _is_torch_module(obj):
                     obj = obj.to(device).eval()

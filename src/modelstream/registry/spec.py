@@ -7,6 +7,7 @@ error it can find in one pass and raises them together, so a user fixes a file i
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ class ModelSpec:
     vector: str = "binary"
     line: int = 0
     shares: str | None = None  # the model whose loaded object this one uses
+    weights: str | None = None  # a state_dict file (torch.save) loaded after instantiation (the owner's, if shared)
+    weights_sha256: str | None = None  # part of the version: new weights recompute the outputs
 
     def output_path(self) -> str:
         """Where this model's output lives inside `_outputs` (or the side document)."""
@@ -104,6 +107,43 @@ class FetchSpec:
 
 
 @dataclass(frozen=True)
+class ValidationSpec:
+    """`validation:` - the train/valid fold of a document is a pure function of its `_id` and `ratio`."""
+    ratio: float = 0.1  # the share of documents in the valid fold (see training/folds.py)
+
+
+TRAINING_KINDS = ("semantic_index", "imputation")
+BUILTIN_LOSSES = ("ranking", "bce")
+_BUILTIN_METRIC = re.compile(r"p_at_[1-9][0-9]*|jaccard")
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """`trainings.<name>`: what `modelstream train NAME` runs (see training/jobs.py)."""
+    name: str
+    kind: str  # semantic_index: models [document side, query side]; imputation: models [model], target
+    models: tuple[str, ...]
+    use_grads: dict[str, bool]
+    loss: str  # ranking, bce, or `module:attr`
+    metrics: tuple[str, ...]  # p_at_K, jaccard, or `module:attr`
+    validation_set: str
+    measure: str = "cosine"
+    target: str | None = None
+    pos_weight: Any = None  # bce: a number, a list (one per output), or "auto" (negatives/positives, train fold)
+    lr: float = 0.001
+    batch_size: int = 64
+    n_iterations: int = 200
+    validation_interval: int = 20
+    no_improve_then_stop: int | None = 5  # validations without a better first metric; None: never stop early
+    seed: int = 0
+    line: int = 0
+
+    @property
+    def trained(self) -> tuple[str, ...]:
+        return tuple(m for m in self.models if self.use_grads.get(m))
+
+
+@dataclass(frozen=True)
 class Registry:
     path: Path
     database: DatabaseSpec
@@ -115,6 +155,8 @@ class Registry:
     snapshot_every_s: float = 300.0  # index snapshots; also written at shutdown and on reload
     types: tuple[TypeSpec, ...] = ()  # content types beyond the built-ins
     fetch: FetchSpec = FetchSpec()
+    validation: ValidationSpec = ValidationSpec()
+    trainings: dict[str, TrainingSpec] = field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
@@ -173,13 +215,16 @@ class _Errors:
 
 
 TOP_KEYS = ("database", "data_dir", "api", "models", "indexes", "outputs", "collection", "snapshot_every_s",
-            "types", "fetch")
+            "types", "fetch", "validation", "trainings")
 FETCH_KEYS = ("workers", "timeout_s", "max_bytes", "retries")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 DATABASE_KEYS = ("uri", "name", "embedded")
 API_KEYS = ("listen", "unix", "token", "max_line_bytes", "max_connections", "idle_timeout_s", "metrics_listen")
 MODEL_KEYS = ("object", "args", "collection", "key", "features", "filter", "active", "batch_size",
-              "max_wait_ms", "device", "vector")
+              "max_wait_ms", "device", "vector", "weights")
+TRAINING_KEYS = ("kind", "models", "model", "target", "use_grads", "loss", "measure", "metrics", "validation_set",
+                 "lr", "batch_size", "n_iterations", "validation_interval", "no_improve_then_stop", "pos_weight",
+                 "seed")
 INDEX_PARAMS = ("m", "ef_construction", "ef_search", "nlist", "nprobe")
 INDEX_KEYS = ("models", "measure", "type", *INDEX_PARAMS)
 OUTPUTS_KEYS = ("store", "collections", "database")
@@ -231,7 +276,7 @@ def parse(root: Located, path: Path) -> Registry:
     )
 
     default_collection = errors.typed(root, "collection", (str,), "the registry")
-    models = _parse_models(errors, errors.section(root, "models"), default_collection)
+    models = _parse_models(errors, errors.section(root, "models"), default_collection, folder)
     indexes = _parse_indexes(errors, errors.section(root, "indexes"), models)
 
     snapshot_every_s = float(errors.typed(root, "snapshot_every_s", (int, float), "the registry", 300))
@@ -244,11 +289,19 @@ def parse(root: Located, path: Path) -> Registry:
         else:
             types.append(TypeSpec(str(name), target, types_map.line_of(name) or 0))
     fetch = _parse_fetch(errors, errors.section(root, "fetch"))
+    validation_map = errors.section(root, "validation")
+    errors.unknown_keys(validation_map, ("ratio",), "validation")
+    validation = ValidationSpec(ratio=float(errors.typed(validation_map, "ratio", (int, float), "validation", 0.1)))
+    if not 0 < validation.ratio < 1:
+        errors.add(f"validation.ratio must be between 0 and 1, not {validation.ratio}",
+                   validation_map.line_of("ratio"), "the share of documents in the valid fold, e.g. 0.1")
+    trainings = _parse_trainings(errors, errors.section(root, "trainings"), models)
     if errors.items:
         raise ConfigErrors(errors.items)
     return Registry(path=path, database=database, api=api, data_dir=data_dir, models=models,
                     indexes=indexes, outputs=outputs,
-                    snapshot_every_s=snapshot_every_s, types=tuple(types), fetch=fetch)
+                    snapshot_every_s=snapshot_every_s, types=tuple(types), fetch=fetch,
+                    validation=validation, trainings=trainings)
 
 
 def _parse_fetch(errors: _Errors, section: Located) -> FetchSpec:
@@ -277,7 +330,8 @@ def _parse_fetch(errors: _Errors, section: Located) -> FetchSpec:
     return spec
 
 
-def _parse_models(errors: _Errors, section: Located, default_collection: str | None) -> dict[str, ModelSpec]:
+def _parse_models(errors: _Errors, section: Located, default_collection: str | None,
+                  folder: Path = Path(".")) -> dict[str, ModelSpec]:
     raw: dict[str, Located] = {}
     for name, body in section.items():
         if not isinstance(body, Located):
@@ -313,6 +367,10 @@ def _parse_models(errors: _Errors, section: Located, default_collection: str | N
             if upstream not in raw:
                 errors.add(f"{where}.features.{field_name} refers to unknown model {upstream!r}",
                            features.line_of(field_name), _did_you_mean(str(upstream), raw))
+        weights, weights_sha256 = _weights(errors, owner_body, f"models.{owner}" if owner else where, folder)
+        if owner and body.get("weights") is not None:
+            errors.add(f"{where}.weights: this model shares {owner!r}'s object, so the weights are {owner!r}'s",
+                       body.line_of("weights"), f"move `weights:` to models.{owner}")
         batch_size = errors.typed(body, "batch_size", (int,), where, 64)
         if batch_size < 1:
             errors.add(f"{where}.batch_size must be at least 1", body.line_of("batch_size"))
@@ -331,6 +389,8 @@ def _parse_models(errors: _Errors, section: Located, default_collection: str | N
             device=errors.typed(body, "device", (str,), where, "auto"),
             vector=errors.choice(body, "vector", VECTOR_FORMATS, where, "binary"),
             line=body.line,
+            weights=weights,
+            weights_sha256=weights_sha256,
         )
     for model in models.values():
         for upstream in model.features.values():
@@ -339,6 +399,112 @@ def _parse_models(errors: _Errors, section: Located, default_collection: str | N
                            f"({models[upstream].collection!r})", model.line,
                            "features chain models of the same collection")
     return models
+
+
+def _weights(errors: _Errors, body: Located, where: str, folder: Path) -> tuple[str | None, str | None]:
+    """A model's `weights:` file (relative to the registry's folder) and its sha256 (part of the version)."""
+    relative = errors.typed(body, "weights", (str,), where)
+    if not relative:
+        return None, None
+    path = folder / relative
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        errors.add(f"{where}.weights: cannot read {str(path)!r}: {exc.strerror or exc}", body.line_of("weights"),
+                   "a state_dict saved with torch.save, e.g. by `modelstream train`")
+        return None, None
+    return str(path), digest
+
+
+def _parse_trainings(errors: _Errors, section: Located, models: dict[str, ModelSpec]) -> dict[str, TrainingSpec]:
+    trainings: dict[str, TrainingSpec] = {}
+    for name, body in section.items():
+        where = f"trainings.{name}"
+        if not isinstance(body, Located):
+            errors.add(f"{where} must be a mapping with `kind`", section.line_of(name))
+            continue
+        errors.unknown_keys(body, TRAINING_KEYS, where)
+        count = len(errors.items)
+        kind = errors.choice(body, "kind", TRAINING_KINDS, where, "semantic_index")
+        if "kind" not in body:
+            errors.add(f"{where} has no `kind`", body.line, f"choose one of: {', '.join(TRAINING_KINDS)}")
+        target = errors.typed(body, "target", (str,), where)
+        if kind == "semantic_index":
+            names = body.get("models")
+            if not isinstance(names, list) or len(names) != 2 or not all(isinstance(n, str) for n in names):
+                errors.add(f"{where}.models must list two models: the document side, then the query side",
+                           body.line_of("models"), "as in an index: [clip_projection, average_glove]")
+                names = []
+        else:
+            model = errors.typed(body, "model", (str,), where)
+            names = [model] if model else []
+            if not model:
+                errors.add(f"{where} has no `model`", body.line, "the model to train, e.g. attribute_predictor")
+            if not target:
+                errors.add(f"{where} has no `target`", body.line, "the model whose output is the prediction target")
+        referenced = list(names) + ([target] if target else [])
+        for n in referenced:
+            if n not in models:
+                errors.add(f"{where} refers to unknown model {n!r}", body.line_of("target" if n == target else
+                           ("models" if kind == "semantic_index" else "model")), _did_you_mean(n, models))
+        use_grads_map = errors.typed(body, "use_grads", (Located,), where, None)
+        if use_grads_map is None:
+            use_grads = {names[0]: True} if names else {}
+        else:
+            use_grads = {}
+            for n, flag in use_grads_map.items():
+                if n not in names:
+                    errors.add(f"{where}.use_grads names {n!r}, which this training does not train",
+                               use_grads_map.line_of(n), f"its models: {', '.join(names)}")
+                elif not isinstance(flag, bool):
+                    errors.add(f"{where}.use_grads.{n} must be true or false", use_grads_map.line_of(n))
+                else:
+                    use_grads[str(n)] = flag
+            if names and not any(use_grads.values()):
+                errors.add(f"{where}.use_grads trains nothing", body.line_of("use_grads"),
+                           "set `use_grads: {MODEL: true}` for the model whose weights should learn")
+        default_loss = "ranking" if kind == "semantic_index" else "bce"
+        loss = errors.typed(body, "loss", (str,), where, default_loss)
+        if loss not in BUILTIN_LOSSES and ":" not in loss:
+            errors.add(f"{where}.loss is {loss!r}", body.line_of("loss"),
+                       f"one of {', '.join(BUILTIN_LOSSES)}, or an import path `module:function`")
+        metrics = body.get("metrics", ["p_at_10"] if kind == "semantic_index" else ["jaccard"])
+        if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+            errors.add(f"{where}.metrics must be a non-empty list", body.line_of("metrics"),
+                       "e.g. [p_at_10], [jaccard], or import paths `module:function`")
+            metrics = []
+        for metric in metrics:
+            if not _BUILTIN_METRIC.fullmatch(metric) and ":" not in metric:
+                errors.add(f"{where}.metrics: unknown metric {metric!r}", body.line_of("metrics"),
+                           "p_at_K (e.g. p_at_10), jaccard, or an import path `module:function`")
+        validation_set = errors.typed(body, "validation_set", (str,), where)
+        if not validation_set:
+            errors.add(f"{where} has no `validation_set`", body.line,
+                       "create one with `modelstream validation create NAME ...` and name it here")
+        pos_weight = body.get("pos_weight")
+        if pos_weight is not None and pos_weight != "auto" and not (
+                isinstance(pos_weight, (int, float, list)) and not isinstance(pos_weight, bool)):
+            errors.add(f"{where}.pos_weight must be a number, a list of numbers, or auto", body.line_of("pos_weight"))
+        spec = TrainingSpec(
+            name=str(name), kind=kind, models=tuple(names), use_grads=use_grads, loss=loss,
+            metrics=tuple(metrics), validation_set=validation_set or "",
+            measure=errors.choice(body, "measure", MEASURES, where, "cosine"), target=target, pos_weight=pos_weight,
+            lr=float(errors.typed(body, "lr", (int, float), where, 0.001)),
+            batch_size=errors.typed(body, "batch_size", (int,), where, 64),
+            n_iterations=errors.typed(body, "n_iterations", (int,), where, 200),
+            validation_interval=errors.typed(body, "validation_interval", (int,), where, 20),
+            no_improve_then_stop=errors.typed(body, "no_improve_then_stop", (int,), where, 5),
+            seed=errors.typed(body, "seed", (int,), where, 0),
+            line=body.line,
+        )
+        for key in ("batch_size", "n_iterations", "validation_interval"):
+            if getattr(spec, key) < 1:
+                errors.add(f"{where}.{key} must be at least 1", body.line_of(key))
+        if spec.lr <= 0:
+            errors.add(f"{where}.lr must be positive", body.line_of("lr"))
+        if len(errors.items) == count:
+            trainings[spec.name] = spec
+    return trainings
 
 
 def _inherited_collection(name: str, raw: dict[str, Located], owners: dict[str, str], seen: set) -> str | None:
