@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[text,image,embedded,test]"
+	$(BIN)/pip install --quiet -e ".[text,image,embedded,test,train]"
 	touch $(STAMP)
 
 demo: install

@@ -128,3 +128,9 @@ def test_check_command_exit_codes(tmp_path):
     result = subprocess.run([sys.executable, "-m", "modelstream", "check", "-c", str(bad)], capture_output=True,
                             text=True)
     assert result.returncode == 2 and f"{bad}:2:" in result.stderr
+
+
+def test_mapping_as_key_is_a_config_error(tmp_path):
+    """A mapping used as a key (a stray brace) names its line instead of crashing."""
+    [error] = errors_of(tmp_path, "models:\n  {{a: 1}}: {{object: x}}\n")
+    assert error.line == 2 and "plain name" in str(error)

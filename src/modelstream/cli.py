@@ -414,6 +414,130 @@ def prune(config: ConfigOpt) -> None:
         typer.echo("nothing to prune")
 
 
+# -- validation sets, validation, training (modelstream.training) ------------------------------------
+
+validation_app = typer.Typer(help="Validation sets: frozen samples of the valid fold.", no_args_is_help=True)
+app.add_typer(validation_app, name="validation")
+
+
+@validation_app.command("create")
+def validation_create(
+        name: Annotated[str, typer.Argument(help="The set's name (kept in _modelstream.validation.NAME).")],
+        config: ConfigOpt,
+        collection: Annotated[str, typer.Option("--collection", help="The collection to sample.")],
+        sample: Annotated[int, typer.Option("--sample", min=1, help="How many documents of the valid fold.")],
+        split: Annotated[Optional[str], typer.Option(
+            "--split", help="KEY_FIELD:TARGET_FIELD: freeze only these two fields (default: the whole document).")]
+        = None,
+        replace: Annotated[bool, typer.Option("--replace", help="Make the set again if it exists.")] = False,
+) -> None:
+    """Freeze a deterministic sample of the valid fold (a pure function of _id; user documents are only read)."""
+    from modelstream.training.validation import create_set
+
+    fields = None
+    if split is not None:
+        key, sep, target = split.partition(":")
+        if not sep or not key or not target:
+            _fail(f"--split must be KEY_FIELD:TARGET_FIELD, not {split!r}", 2)
+        fields = (key, target)
+    meta = _with_database(config, lambda plan, db: create_set(db, plan, name, collection, sample, fields, replace))
+    typer.echo(f"validation set {name!r}: {meta['count']} documents of {collection!r} frozen "
+               f"(valid fold: {meta['valid_fold_size']} documents at ratio {meta['ratio']})")
+
+
+@validation_app.command("list")
+def validation_list(config: ConfigOpt, as_json: JsonOpt = False) -> None:
+    """List the validation sets."""
+    from modelstream.training.validation import list_sets
+
+    sets = _with_database(config, lambda plan, db: list_sets(db, plan))
+    if as_json:
+        _print_json(sets)
+        return
+    for s in sets:
+        typer.echo(f"{s['_id']:<24} {s['collection']:<16} {s['count']:>6} documents  created {s['created']}")
+
+
+@app.command()
+def validate(index: Annotated[str, typer.Argument(help="The index to validate.")],
+             set_name: Annotated[str, typer.Option("--set", help="The validation set.")],
+             config: ConfigOpt,
+             metric: Annotated[Optional[list[str]], typer.Option(
+                 "--metric", help="p_at_K or module:function (repeatable; default p_at_1, p_at_10).")] = None,
+             query_model: Annotated[Optional[str], typer.Option(help="Default: the index's first query model.")]
+             = None,
+             as_json: JsonOpt = False) -> None:
+    """P@k of finding each validation document by its query field among the set's documents (stored too)."""
+    from modelstream.training.validation import validate_index
+
+    log.configure("warning")
+    names = metric or ["p_at_1", "p_at_10"]
+    result = _with_database(config, lambda plan, db: validate_index(db, plan, index, set_name, names, query_model))
+    if as_json:
+        _print_json(result)
+        return
+    for name, value in result["metrics"].items():
+        typer.echo(f"{index} on {set_name}: {name} = {value:.4f}")
+    typer.echo(f"({result['count']} documents, {result['skipped']} skipped without inputs; query model "
+               f"{result['query_model']}, measure {result['measure']})")
+    if result["stale_upstream"]:
+        typer.echo(f"note: the set froze outputs of older versions of {', '.join(result['stale_upstream'])}")
+
+
+@app.command()
+def train(name: Annotated[str, typer.Argument(help="A training of the registry's `trainings:`.")],
+          config: ConfigOpt,
+          apply_: Annotated[bool, typer.Option("--apply", help="Write `weights:` into the registry file.")] = False,
+          plot: Annotated[bool, typer.Option("--plot", help="Only print the PNG curves of the last run.")] = False,
+          progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+          ) -> None:
+    """Train a registry training's models (use_grads) on the train fold; keep the best weights on disk."""
+    from modelstream.training import jobs
+
+    log.configure("warning")
+    if plot:
+        job = _with_database(config, lambda plan, db: jobs.latest_job(db, plan, name))
+        if job is None:
+            _fail(f"no finished run of training {name!r}: run `modelstream train {name} -c {config}` first")
+        for path in job.get("plots", []):
+            typer.echo(path)
+        return
+
+    def run(plan, db):
+        try:
+            jobs.training_spec(plan, name)
+        except ModelstreamError as exc:
+            _fail(str(exc), 2)
+        try:
+            return plan, jobs.train(db, plan, name, progress=progress, echo=typer.echo)
+        except ConfigErrors as exc:
+            _fail(str(exc), 2)
+
+    plan, job = _with_database(config, run)
+    metric_names = job["metric_names"]
+    for i, metric_name in enumerate(metric_names):
+        typer.echo(f"{metric_name}: before {job['before']['values'][i]:.4f}  best {job['best']['values'][i]:.4f} "
+                   f"(iteration {job['best']['iteration']})")
+    typer.echo(f"trained on {job['train_count']} documents, {job['iterations']} iterations"
+               + (" (stopped early)" if job["stopped_early"] else "") + f"; job {job['_id']} in _modelstream.trainings")
+    for path in job["plots"]:
+        typer.echo(f"plot: {path}")
+    if not job["weight_files"]:
+        typer.echo("no improvement over the current weights: nothing to change")
+        return
+    for f in job["weight_files"]:
+        typer.echo(f"weights: {f['path']}")
+    if apply_:
+        try:
+            jobs.apply_weights(plan, job["weight_files"])
+        except ModelstreamError as exc:
+            _fail(f"could not write the weights into {config}: {exc}", 2)
+        typer.echo(f"wrote `weights:` into {config}: a running daemon picks it up on reload "
+                   "(`modelstream reload` or SIGHUP) and recomputes the outputs")
+    else:
+        typer.echo(f"to serve them, add to {config} (or rerun with --apply):\n{job['yaml_change']}")
+
+
 @app.command("migrate-outputs")
 def migrate_outputs(
         config: ConfigOpt,

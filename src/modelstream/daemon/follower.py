@@ -37,6 +37,8 @@ POSITION_LOST = {9, 260, 280, 286}  # bad token, invalid token, fatal, ChangeStr
 # Errors that say "try again later", not "this token is no good" (pymongo's resumable set, roughly)
 TRANSIENT = {6, 7, 43, 63, 89, 91, 133, 150, 189, 234, 262, 9001, 10107, 11600, 11602, 13388, 13435, 13436}
 
+LARGE_DOCUMENT = 8 << 20
+TOO_LARGE = "modelstreamTooLarge"
 GONE = {"drop", "rename", "dropDatabase", "invalidate"}
 
 
@@ -58,6 +60,21 @@ def own_writes_filter(collections: list[str]) -> dict:
         "ns.coll": {"$in": collections},
         "$or": [{"operationType": {"$ne": "update"}}, {"$expr": {"$gt": [{"$size": user_paths}, 0]}}],
     }}
+
+
+def stream_pipeline(collections: list[str]) -> list[dict]:
+    """Our $match, then keep every event far below the 16 MB BSON limit: drop updateDescription (used only by
+    the $match) and leave out a full document over LARGE_DOCUMENT bytes, which is then read by `_id`."""
+    size = {"$bsonSize": {"$ifNull": ["$fullDocument", {}]}}
+    return [
+        own_writes_filter(collections),
+        {"$project": {"updateDescription": 0}},
+        {"$set": {TOO_LARGE: {"$gt": [size, LARGE_DOCUMENT]}}},
+        {"$set": {"fullDocument": {"$cond": [f"${TOO_LARGE}", "$$REMOVE", "$fullDocument"]}}},
+    ]
+
+
+LARGE = object()  # marks a change whose document is read separately
 
 
 class Follower:
@@ -106,7 +123,7 @@ class Follower:
     def _follow(self, stop: threading.Event, need_scan: bool) -> None:
         token = self.checkpoints.load()
         try:
-            stream = self.db.watch([own_writes_filter(self.collections)], full_document="updateLookup",
+            stream = self.db.watch(stream_pipeline(self.collections), full_document="updateLookup",
                                    start_after=token, max_await_time_ms=AWAIT_MS, batch_size=MAX_EVENTS)
         except OperationFailure as exc:
             # A token the server refuses (another stream's, another namespace's, corrupt) would be refused
@@ -188,16 +205,27 @@ class Follower:
                 continue
             doc_id = event["documentKey"]["_id"]
             full = None if kind == "delete" else event.get("fullDocument")
+            if full is None and event.get(TOO_LARGE) and kind != "delete":
+                full = LARGE  # read below, by _id
             latest.setdefault(coll, {})[id_key(doc_id)] = (doc_id, full)
         for coll in sorted(dropped):
             logger.warning("collection dropped or renamed: its outputs and vectors are gone", collection=coll)
             self._forget_collection(coll)
         for coll, changes in latest.items():
+            self._read_large(coll, changes)
             docs = [full for _, full in changes.values() if full is not None]
             deleted = [doc_id for doc_id, full in changes.values() if full is None]
             self.processor.process(coll, docs, deleted)
         last_time = events[-1].get("clusterTime")
         self.stats.batch(len(events), last_time.time if last_time is not None else None)
+
+    def _read_large(self, coll: str, changes: dict) -> None:
+        """Documents too large to ride in their event: read them now (gone by now: treated as deleted)."""
+        large = [doc_id for doc_id, full in changes.values() if full is LARGE]
+        for part in chunks(large):
+            found = {id_key(d["_id"]): d for d in self.db[coll].find({"_id": {"$in": part}})}
+            for doc_id in part:
+                changes[id_key(doc_id)] = (doc_id, found.get(id_key(doc_id)))
 
     def _forget_collection(self, coll: str) -> None:
         self.processor.forget_recent(coll)

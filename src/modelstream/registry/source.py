@@ -64,6 +64,9 @@ def _loader_for(file: str) -> type[yaml.SafeLoader]:
         loader.flatten_mapping(node)
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, (dict, list)):
+                raise ConfigError("a key must be a plain name, not a mapping or a list", file=file,
+                                  line=key_node.start_mark.line + 1, hint="check for a stray `{` or `[`")
             if key in result:
                 raise ConfigError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1)
             result[key] = loader.construct_object(value_node, deep=True)
