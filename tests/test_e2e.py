@@ -256,3 +256,64 @@ def test_large_documents_are_read_by_id(tmp_path, mongo_server, db_name, serve_f
     db.docs.update_one({"_id": big}, {"$set": {"text": "still big"}})
     wait_until(lambda: np.allclose(vector_of(output(db, store, big, "text.letters")), letters("still big")),
                message="large update processed")
+
+
+FAN_IN = """
+database: {{uri: "{uri}", name: {db}}}
+api: {{listen: null}}
+outputs: {{store: {store}}}
+models:
+  letters: {{object: "toymodels:letters", collection: docs, key: text}}
+  doubled: {{object: "toymodels:Scale", args: [2.0], collection: docs, key: text, features: {{text: letters}}}}
+  length:  {{object: "toymodels:length", collection: docs, key: title}}
+  total:   {{object: "toymodels:total", collection: docs, key: _base, features: {{text: doubled, title: length}}}}
+"""
+
+
+def test_three_level_chain_with_fan_in(tmp_path, mongo_server, db_name, serve_factory, db, store):
+    """total reads two upstream outputs (one itself chained): computed in order, and again on an update."""
+    serve_factory(write_registry(tmp_path, FAN_IN, uri=mongo_server.uri, db=db_name, store=store))
+    doc_id = db.docs.insert_one({"text": "abc", "title": "four"}).inserted_id
+    wait_until(lambda: output(db, store, doc_id, "_base.total") == 2 * 3 + 4, message="fan-in output")
+    db.docs.update_one({"_id": doc_id}, {"$set": {"title": "x"}})
+    wait_until(lambda: output(db, store, doc_id, "_base.total") == 2 * 3 + 1, message="recomputed on update")
+
+
+def test_concurrent_searches_during_a_stream_see_only_real_documents(serve, db, store):
+    """Searches running while vectors are added and removed never fail and never return a removed document
+    once its removal is applied; at the end the index holds exactly the live documents."""
+    import threading
+
+    ids = db.docs.insert_many([{"text": f"seed {i}"} for i in range(200)]).inserted_ids
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 200)
+    ever = set(ids)
+    errors: list = []
+    done = threading.Event()
+
+    def searcher():
+        with serve.client() as c:
+            while not done.is_set():
+                try:
+                    results = c.search("letters", vector=[1.0] * 26, n=50)
+                    found = [r["_id"] for r in results]
+                    if len(found) != len(set(found)) or not set(found) <= ever:
+                        errors.append(found)
+                except Exception as exc:  # noqa: BLE001 - collected and asserted below
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=searcher) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for round_ in range(5):
+        new = [ObjectId() for _ in range(100)]
+        ever.update(new)  # before the insert: a searcher may see them at once
+        db.docs.insert_many([{"_id": doc_id, "text": f"round {round_} doc {i}"} for i, doc_id in enumerate(new)])
+        db.docs.delete_many({"_id": {"$in": new[:50]}})
+    live = {d["_id"] for d in db.docs.find({}, {"_id": 1})}
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == len(live), message="stream applied")
+    done.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+    with serve.client() as c:
+        assert {r["_id"] for r in c.search("letters", vector=[1.0] * 26, n=len(live) + 10)} == live

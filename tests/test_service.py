@@ -102,7 +102,8 @@ def test_metrics_parse_and_match_the_workload(tmp_path, mongo_server, db_name, d
                                              f'api: {{listen: null, metrics_listen: "127.0.0.1:{port}"}}'))
     serve = serve_factory(path)
     db.docs.insert_many([{"text": "abc"}, {"text": "POISON"}, {"text": "xyz"}])
-    wait_until(lambda: serve.status()["models"].get("letters", {}).get("failed") == 1)
+    wait_until(lambda: serve.status()["models"].get("letters", {}).get("failed") == 1
+               and serve.status()["indexes"]["letters"]["size"] == 2)
     with serve.client() as c:
         c.search("letters", like={"text": "abc"}, n=1)
         text = c.request("metrics")["metrics"]
@@ -181,3 +182,39 @@ def run_cli(*args):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     return subprocess.run([sys.executable, "-m", "modelstream", *args], capture_output=True, text=True, env=env,
                           timeout=120)
+
+
+def _threads_and_fds(pid: int) -> tuple[int, int]:
+    threads = int(next(line for line in open(f"/proc/{pid}/status") if line.startswith("Threads:")).split()[1])
+    return threads, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_flood_of_clients_and_bad_lines_leaks_nothing(tmp_path, mongo_server, db_name, serve_factory):
+    """200 clients sending thousands of bad lines: each gets answers, good clients keep being served, and
+    the daemon's threads and file descriptors return to where they were."""
+    import concurrent.futures
+
+    serve = serve_factory(registry(tmp_path, mongo_server, db_name))
+    with serve.client() as c:
+        c.ping()
+    before = _threads_and_fds(serve.process.pid)
+
+    def flood(k: int) -> int:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(60)
+            s.connect(serve.socket)
+            f = s.makefile("rwb")
+            f.write(b"garbage\n" * 20 + b'{"op": "nope"}\n' + b'{"id": %d, "op": "ping"}\n' % k)
+            f.flush()
+            replies = [json.loads(f.readline()) for _ in range(22)]
+        assert all(r["ok"] is False for r in replies[:21]) and replies[21] == {"id": k, "ok": True, "pong": True}
+        return len(replies)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        answered = sum(pool.map(flood, range(200)))
+    assert answered == 200 * 22
+    with serve.client() as c:
+        assert c.ping() is True
+    wait_until(lambda: _threads_and_fds(serve.process.pid)[0] <= before[0] + 2
+               and _threads_and_fds(serve.process.pid)[1] <= before[1] + 2, timeout_s=30,
+               message=f"threads and fds back to {before}")

@@ -74,6 +74,7 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Mixin(socketserver.ThreadingMixIn):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 512  # the listen backlog: socketserver's 5 refuses a burst of clients (EAGAIN)
     api: "ApiServer"
     needs_token: bool
 
