@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -69,41 +71,62 @@ class Serve:
     def __init__(self, registry: Path):
         self.registry = registry
         self.socket = str(registry.parent / ".modelstream" / "api.sock")
-        self.process: subprocess.Popen | None = None
         self.log = registry.parent / "serve.log"
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
 
     def start(self, timeout_s: float = 60.0) -> "Serve":
         env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "modelstream", "serve", "-c", str(self.registry), "--json-logs"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), env=env, cwd=self.registry.parent)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelstream", "serve", "-c", str(self.registry), "--json-logs"],
+                stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=self.registry.parent)
+        self.starts += 1
         deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
-                raise AssertionError(f"serve exited {self.process.returncode}: {self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"serve exited {self.process.returncode}: {self.tail()}")
             try:
                 with self.client() as c:
                     c.ping()
-                    return self
+                return self
             except OSError:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"serve did not answer: {self.log.read_text()[-3000:]}") from None
-                time.sleep(0.1)
+                    raise RuntimeError(f"serve did not answer: {self.tail()}") from None
+                time.sleep(0.05)
 
-    def client(self) -> Client:
-        return Client(self.socket, timeout_s=30).connect()
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def client(self, timeout_s: float = 30) -> Client:
+        return Client(self.socket, timeout_s=timeout_s).connect()
 
     def status(self) -> dict:
         with self.client() as c:
             return c.status()
 
     def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
+        if self.alive():
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
 
-    def terminate(self, timeout_s: float = 60.0) -> int:
+    def terminate(self, timeout_s: float = 60) -> int | None:
+        if not self.alive():
+            return self.process.returncode if self.process else None
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout_s)
+
+    def tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def log_events(self, event: str) -> list[dict]:
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines() if self.log.exists() else []:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("event") == event:
+                    found.append(entry)
+        return found
 
 
 @pytest.fixture

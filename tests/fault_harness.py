@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
-import os
 import random
 import signal
 import subprocess
@@ -42,7 +41,6 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from modelstream.api.client import Client  # noqa: E402
 from modelstream.content import vector_of  # noqa: E402
 from modelstream.daemon.embedded import free_port  # noqa: E402
 from modelstream.errors import ApiError  # noqa: E402
@@ -127,66 +125,8 @@ class DbServer:
 
 # -- the daemon: `modelstream serve` as a subprocess ---------------------------------------------------
 
-class Daemon:
-    def __init__(self, registry: Path):
-        self.registry = registry
-        self.socket = str(registry.parent / ".modelstream" / "api.sock")
-        self.log = registry.parent / "serve.log"
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout_s: float = 60.0) -> "Daemon":
-        env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "modelstream", "serve", "-c", str(self.registry), "--json-logs"],
-                stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=self.registry.parent)
-        self.starts += 1
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited {self.process.returncode}: {self.tail()}")
-            try:
-                with self.client() as c:
-                    c.ping()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"serve did not answer: {self.tail()}") from None
-                time.sleep(0.05)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def client(self, timeout_s: float = 30) -> Client:
-        return Client(self.socket, timeout_s=timeout_s).connect()
-
-    def status(self) -> dict:
-        with self.client() as c:
-            return c.status()
-
-    def kill(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
-
-    def terminate(self, timeout_s: float = 60) -> int | None:
-        if not self.alive():
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
-
-    def tail(self, n: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-    def log_events(self, event: str) -> list[dict]:
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines() if self.log.exists() else []:
-            with contextlib.suppress(ValueError):
-                entry = json.loads(line)
-                if entry.get("event") == event:
-                    found.append(entry)
-        return found
+# `modelstream serve` as a subprocess: the same helper the other tests use.
+from conftest import Serve as Daemon  # noqa: E402
 
 
 # -- writers: separate processes, separate pymongo clients -----------------------------------------------

@@ -61,3 +61,22 @@ def test_errors_and_retry_through_a_running_daemon(tmp_path, mongo_server, db_na
         assert db["_modelstream.errors"].count_documents({}) == 0
     finally:
         serve.terminate()
+
+
+def test_verify_compares_a_running_daemons_index(tmp_path, mongo_server, db_name, db):
+    """With a daemon running, verify also checks each index's size against the up-to-date documents."""
+    import json
+
+    path = write_registry(tmp_path, REGISTRY + 'indexes:\n  letters: {{models: [letters]}}\n',
+                          uri=mongo_server.uri, db=db_name)
+    serve = Serve(path).start()
+    try:
+        db.docs.insert_many([{"text": "one"}, {"text": "two"}, {"text": "three"}])
+        wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 3
+                   and serve.status()["models"].get("flaky", {}).get("done") == 3)
+        result = cli("verify", "-c", str(path), "--json")
+        report = json.loads(result.stdout)
+        assert result.returncode == 0, result.stdout
+        assert report["indexes"] == {"letters": {"size": 3, "expected": 3}}
+    finally:
+        serve.terminate()

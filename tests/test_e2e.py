@@ -250,7 +250,7 @@ def test_poison_is_not_retried_on_every_restart(tmp_path, mongo_server, db_name,
 def test_large_documents_are_read_by_id(tmp_path, mongo_server, db_name, serve_factory, db, store):
     """A document too large to ride in its change event is read separately and processed like any other."""
     registry = write_registry(tmp_path, REGISTRY, uri=mongo_server.uri, db=db_name, store=store)
-    serve = serve_factory(registry)
+    serve_factory(registry)
     big = db.docs.insert_one({"text": "big one", "blob": "x" * (9 << 20)}).inserted_id
     wait_until(lambda: output(db, store, big, "text.letters") is not None, message="large insert processed")
     db.docs.update_one({"_id": big}, {"$set": {"text": "still big"}})

@@ -6,14 +6,12 @@ rotation plus noise; a linear projection trained with the ranking loss must lift
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -300,18 +300,43 @@ def verify(config: ConfigOpt, as_json: JsonOpt = False) -> None:
             return run_verify(db, plan, bar.update)
 
     report = _with_database(config, run)
+    indexes = _index_check(config, report)
+    problems = report.problems + sum(1 for i in indexes.values() if i["size"] != i["expected"])
     if as_json:
         _print_json({"models": {n: vars(m) for n, m in report.models.items()}, "orphaned": report.orphaned,
-                     "problems": report.problems})
+                     "indexes": indexes, "problems": problems})
     else:
         for m in report.models.values():
             typer.echo(f"{m.model:<24} {m.collection:<16} documents {m.documents:>8}  ok {m.ok:>8}  "
                        f"missing {m.missing:>6}  stale {m.stale:>6}  failed {m.failed:>6}")
         for coll, n in report.orphaned.items():
             typer.echo(f"orphaned side documents in {coll}: {n}")
-        typer.echo("all outputs up to date" if not report.problems else
-                   f"{report.problems} problems: run `modelstream backfill -c {config}` (or start the daemon)")
-    raise typer.Exit(1 if report.problems else 0)
+        for name, i in indexes.items():
+            typer.echo(f"index {name}: {i['size']} vectors in the running daemon, {i['expected']} expected")
+        if not indexes:
+            typer.echo("indexes not checked: no running daemon answered")
+        typer.echo("all outputs up to date" if not problems else
+                   f"{problems} problems: run `modelstream backfill -c {config}` (or start the daemon)")
+    raise typer.Exit(1 if problems else 0)
+
+
+def _index_check(config: Path, report) -> dict[str, dict]:
+    """Index sizes of a running daemon against the documents whose source output is up to date."""
+    from modelstream.api.client import Client
+
+    registry_ = _load(config).registry
+    api = registry_.api
+    address = api.unix if api.unix and Path(api.unix).exists() else api.listen  # this registry's daemon only
+    if address is None:
+        return {}
+    try:
+        with Client(address, token=api.token or os.environ.get("MODELSTREAM_TOKEN"), timeout_s=10) as client:
+            sizes = client.status()["indexes"]
+    except (OSError, ApiError):
+        return {}
+    specs = registry_.indexes
+    return {name: {"size": sizes[name]["size"], "expected": report.models[spec.source_model].ok}
+            for name, spec in specs.items() if name in sizes and spec.source_model in report.models}
 
 
 @app.command()

@@ -73,7 +73,6 @@ class Task:
 
     def load(self, db: Database) -> int:
         """Read the train fold; returns the number of usable documents."""
-        torch = self.torch
         wanted = [m.spec for m in self.sides] + ([self.target.spec] if self.target else [])
         columns: list[list] = [[] for _ in wanted]
         for record in train_records(db, self.plan, self.sides[0].spec.collection, self.vset.ids):
