@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from modelstream import log, registry
-from modelstream.daemon.documents import own_database
+from modelstream.daemon.documents import own_database, pages
 from modelstream.errors import ApiError, ConfigErrors, ModelstreamError
 
 app = typer.Typer(help="Run ML models on live MongoDB data: outputs written back, vector indexes kept in step.",
@@ -356,15 +356,9 @@ def backfill(config: ConfigOpt) -> None:
         processor = Processor(db, plan, models, {}, FailureLog(own_database(db, plan.registry)), stats)  # no indexes: the daemon owns them
         for coll in plan.registry.collections():
             with tqdm(total=db[coll].estimated_document_count(), desc=f"backfill {coll}", unit="doc") as bar:
-                page: list = []
-                for doc in db[coll].find({}).sort("_id", 1).batch_size(512):
-                    page.append(doc)
-                    if len(page) == 512:
-                        processor.process(coll, page, [])
-                        bar.update(len(page))
-                        page = []
-                processor.process(coll, page, [])
-                bar.update(len(page))
+                for page in pages(db[coll]):
+                    processor.process(coll, page, [])
+                    bar.update(len(page))
         return stats.snapshot()["models"]
 
     counts = _with_database(config, run)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Any
 
 import bson
@@ -24,6 +24,21 @@ def own_database(db: Any, registry: Any) -> Any:
     watched database, or `outputs.database` for applications that must not see a single foreign write."""
     name = registry.outputs.database
     return db.client[name] if name else db
+
+
+PAGE = 512
+
+
+def pages(collection: Any, size: int = PAGE) -> Iterator[list[dict]]:
+    """Every document of a collection in `_id` order, a page at a time (one cursor: no big `$in` lists)."""
+    page: list[dict] = []
+    for doc in collection.find({}).sort("_id", 1).batch_size(size):
+        page.append(doc)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
 
 
 def get_path(doc: Any, path: str, default: Any = None) -> Any:

@@ -21,7 +21,7 @@ from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
 
 from modelstream import log
 from modelstream.daemon.checkpoint import Checkpoints
-from modelstream.daemon.documents import RESERVED, id_key
+from modelstream.daemon.documents import RESERVED, id_key, pages
 from modelstream.daemon.processor import Processor
 from modelstream.daemon.stats import Stats
 from modelstream.daemon.stores import chunks
@@ -29,7 +29,6 @@ from modelstream.daemon.stores import chunks
 logger = log.get("modelstream.follower")
 
 MAX_EVENTS = 1024  # per batch; a burst is taken in getMore-sized gulps up to this
-SCAN_PAGE = 512
 AWAIT_MS = 200  # how long an idle getMore waits; bounds the reaction time to a stop request
 IDLE_CHECKPOINT_S = 1.0
 BACKOFF_S = (0.5, 1, 2, 4, 8, 16, 30)
@@ -149,6 +148,7 @@ class Follower:
                 last_saved = time.monotonic()
                 while not stop.is_set():
                     item = reader.next(timeout_s=AWAIT_MS / 1000 + 1)
+                    self.stats.queue_depth = reader.queue.qsize()
                     if item is None:
                         continue
                     events, resume_token, alive = item
@@ -246,25 +246,15 @@ class Follower:
             self.stats.scan_total += total
             seen: set = set()
             logger.info("scanning", collection=coll, documents=total)
-            page: list[dict] = []
-            for doc in self.db[coll].find({}).sort("_id", 1).batch_size(SCAN_PAGE):
-                page.append(doc)
-                if len(page) >= SCAN_PAGE:
-                    self._scan_page(coll, page, seen)
-                    page = []
-                    if stop is not None and stop.is_set():
-                        return
-            self._scan_page(coll, page, seen)
+            for page in pages(self.db[coll]):
+                seen.update(id_key(d["_id"]) for d in page)
+                self.processor.process(coll, page, [], load_index=True)
+                self.stats.scan_done += len(page)
+                if stop is not None and stop.is_set():
+                    return
             self._forget_orphans(coll, seen)
         self.scanned.set()
         logger.info("scan complete", documents=self.stats.scan_done)
-
-    def _scan_page(self, coll: str, page: list[dict], seen: set) -> None:
-        if not page:
-            return
-        seen.update(id_key(d["_id"]) for d in page)
-        self.processor.process(coll, page, [], load_index=True)
-        self.stats.scan_done += len(page)
 
     def _forget_orphans(self, coll: str, seen: set) -> None:
         """Vectors and side documents whose source was deleted while we were not watching."""

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from modelstream import log
 from modelstream.content import reader_for
 from modelstream.daemon.checkpoint import Checkpoints
-from modelstream.daemon.documents import own_database
+from modelstream.daemon.documents import own_database, pages
 from modelstream.daemon.embedded import EmbeddedServer
 from modelstream.daemon.failures import FailureLog
 from modelstream.daemon.follower import Follower
@@ -97,9 +97,10 @@ class Daemon:
             except OSError as exc:
                 logger.error("index snapshot failed", index=name, error=str(exc), hint="check data_dir's disk")
 
-    def _snapshot_timer(self) -> None:
+    def _snapshot_timer(self, stop: threading.Event) -> None:
+        """Snapshots until `stop`: the event of the run that started it (a reload starts a new run and timer)."""
         interval = self.plan.registry.snapshot_every_s
-        while interval > 0 and not self.stop_event.wait(interval):
+        while interval > 0 and not stop.wait(interval):
             self.save_indexes()
 
     def __post_init__(self) -> None:
@@ -123,7 +124,8 @@ class Daemon:
         self.follower = self.build()
         self.thread = threading.Thread(target=self._run, name="follower", daemon=True)
         self.thread.start()
-        threading.Thread(target=self._snapshot_timer, name="snapshots", daemon=True).start()
+        threading.Thread(target=self._snapshot_timer, args=(self.stop_event,), name="snapshots",
+                         daemon=True).start()
 
     def reload(self, plan: Plan) -> bool:
         """Swap in a validated registry: stop the follower after its batch, load the new models, restart.
@@ -185,24 +187,20 @@ class Daemon:
         job = {"kind": "refresh", "models": sorted(names), "collection": collection, "state": "running",
                "done": 0, "total": self.db[collection].estimated_document_count()}
         self.stats.jobs.append(job)
-        threading.Thread(target=self._refresh, args=(collection, names, job), name="refresh", daemon=True).start()
+        threading.Thread(target=self._refresh, args=(collection, names, job, self.stop_event), name="refresh",
+                         daemon=True).start()
         return job
 
-    def _refresh(self, collection: str, names: frozenset[str], job: dict) -> None:
+    def _refresh(self, collection: str, names: frozenset[str], job: dict, stop: threading.Event) -> None:
+        """Stops with the run that started it: after a reload, the new plan's versions decide instead."""
         processor = self.follower.processor
-        page: list[dict] = []
         try:
-            for doc in self.db[collection].find({}).sort("_id", 1).batch_size(512):
-                page.append(doc)
-                if len(page) == 512:
-                    processor.process(collection, page, [], force=names)
-                    job["done"] += len(page)
-                    page = []
-                if self.stop_event.is_set():
+            for page in pages(self.db[collection]):
+                processor.process(collection, page, [], force=names)
+                job["done"] += len(page)
+                if stop.is_set():
                     job["state"] = "stopped"
                     return
-            processor.process(collection, page, [], force=names)
-            job["done"] += len(page)
             job["state"] = "done"
         except Exception as exc:  # noqa: BLE001 - reported in status, the daemon goes on
             job["state"] = f"failed: {type(exc).__name__}: {exc}"

@@ -24,7 +24,7 @@ class Stats:
         self.in_progress: dict[str, int] = defaultdict(int)
         self.events = 0
         self.batches = 0
-        self.queue_depth = 0  # events taken from the stream, not yet checkpointed
+        self.queue_depth = 0  # batches read ahead from the stream, waiting to be processed
         self.last_event_time: float | None = None  # cluster time of the newest processed event
         self.last_batch_at: float | None = None
         self.idle = True

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 
 from pymongo.database import Database
 
-from modelstream.daemon.documents import FINGERPRINTS, own_database, fingerprint, get_path, id_key
+from modelstream.daemon.documents import FINGERPRINTS, own_database, pages, fingerprint, get_path, id_key
 from modelstream.daemon.failures import ERRORS
 from modelstream.daemon.stores import store_for
 from modelstream.registry import BASE_KEY, Plan
 
-PAGE = 512
 
 
 @dataclass
@@ -54,19 +53,11 @@ def verify(db: Database, plan: Plan, progress: Callable[[int], None] | None = No
         failed = {(e["_id"]["model"], id_key(e["_id"]["doc"]))
                   for e in own[ERRORS].find({"_id.collection": coll}, {"_id": 1})}
         seen = set()
-        page: list[dict] = []
-        for doc in db[coll].find({}).sort("_id", 1).batch_size(PAGE):
-            page.append(doc)
-            if len(page) >= PAGE:
-                _check_page(db, plan, coll, store, specs, page, failed, report)
-                seen.update(id_key(d["_id"]) for d in page)
-                if progress:
-                    progress(len(page))
-                page = []
-        _check_page(db, plan, coll, store, specs, page, failed, report)
-        seen.update(id_key(d["_id"]) for d in page)
-        if progress and page:
-            progress(len(page))
+        for page in pages(db[coll]):
+            _check_page(db, plan, coll, store, specs, page, failed, report)
+            seen.update(id_key(d["_id"]) for d in page)
+            if progress:
+                progress(len(page))
         side_ids = store.stored_ids()
         if side_ids is not None:
             report.orphaned[coll] = sum(1 for i in side_ids if id_key(i) not in seen)
