@@ -134,3 +134,13 @@ def test_mapping_as_key_is_a_config_error(tmp_path):
     """A mapping used as a key (a stray brace) names its line instead of crashing."""
     [error] = errors_of(tmp_path, "models:\n  {{a: 1}}: {{object: x}}\n")
     assert error.line == 2 and "plain name" in str(error)
+
+
+def test_api_limits_are_checked(tmp_path):
+    """api.request_timeout_s defaults to 30 s; a limit that is not a positive number names its line."""
+    models = "models:\n  a: {{object: 'toymodels:letters', key: t, collection: c}}\n"
+    assert registry.load(write_registry(tmp_path, models)).registry.api.request_timeout_s == 30.0
+    errors = errors_of(tmp_path, models + "api:\n  request_timeout_s: 0\n  idle_timeout_s: soon\n")
+    by_line = {e.line: str(e) for e in errors}
+    assert "api.request_timeout_s must be positive" in by_line[4]
+    assert "api.idle_timeout_s must be int or float" in by_line[5]

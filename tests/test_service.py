@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from conftest import TESTS, wait_until, write_registry
 
@@ -218,3 +219,185 @@ def test_flood_of_clients_and_bad_lines_leaks_nothing(tmp_path, mongo_server, db
     wait_until(lambda: _threads_and_fds(serve.process.pid)[0] <= before[0] + 2
                and _threads_and_fds(serve.process.pid)[1] <= before[1] + 2, timeout_s=30,
                message=f"threads and fds back to {before}")
+
+
+# -- status: every field true after a known workload ------------------------------------------------------
+
+
+def _streaming(serve) -> None:
+    """Writes from now on reach the daemon as change events (earlier ones only through its start-up scan)."""
+    wait_until(lambda: serve.status()["phase"] == "streaming", timeout_s=60, message="streaming")
+
+
+def _settled(serve, expected: dict[str, int], events: int):
+    """The status once every event is applied and the stream has gone quiet (None until then)."""
+    status = serve.status()
+    models = status["models"]
+    processed = all(models[name]["done"] + models[name]["failed"] == n for name, n in expected.items())
+    return status if processed and status["events"] == events and status["lag"]["idle"] else None
+
+
+def test_status_fields_are_true_after_a_known_workload(tmp_path, mongo_server, db_name, db, serve_factory):
+    """20 inserts, one that `letters` cannot process: the socket `status`, `status --json` and the table
+    report exactly that: counts, versions, index size and bytes, resume point, uptime, connection, the
+    failing document as last error, and no lag once idle."""
+    from modelstream import registry as registry_module
+
+    path = registry(tmp_path, mongo_server, db_name,
+                    extra='  length: {object: "toymodels:length", collection: docs, key: text}')
+    versions = registry_module.load(path).versions
+    serve = serve_factory(path)
+    _streaming(serve)
+    ids = db.docs.insert_many([{"text": f"text {i}"} for i in range(19)] + [{"text": "POISON pill"}]).inserted_ids
+    poison = ids[-1]
+    status = wait_until(lambda: _settled(serve, {"letters": 20, "length": 20}, 20), timeout_s=60,
+                        message="20 events applied, stream idle")
+
+    assert status["models"]["letters"] == {"done": 19, "failed": 1, "in_progress": 0, "active": True,
+                                               "collection": "docs", "version": versions["letters"]}
+    assert status["models"]["length"] == {"done": 20, "failed": 0, "in_progress": 0, "active": True,
+                                          "collection": "docs", "version": versions["length"]}
+    index = status["indexes"]["letters"]
+    assert index["size"] == 19 and index["dim"] == 26 and index["bytes"] >= 19 * 26 * 4
+    assert status["resume_point"] and "_data" in status["resume_point"]
+    assert status["uptime_s"] > 0
+    assert status["connection"] == "connected" and status["phase"] == "streaming"
+    assert status["last_failure"]["_id"] == poison and status["last_failure"]["model"] == "letters"
+    assert str(poison) in status["last_error"] and "poisoned input" in status["last_error"]
+    assert status["last_error_at"] == status["last_failure"]["at"].timestamp() <= time.time()
+    assert status["lag_events"] == 0 and status["lag"]["events"] == 0
+    assert status["lag"]["in_hand"] == 0 and status["lag"]["buffered"] == 0
+    assert status["queue_depth"] == 0 and status["queue"] == {"batches": 0, "events": 0}
+    assert 0 <= status["lag"]["seconds_behind"] < 1
+
+    result = run_cli("status", "--json", "--socket", serve.socket)
+    assert result.returncode == 0, result.stderr
+    cli = json.loads(result.stdout)
+    assert {name: (m["done"], m["failed"], m["in_progress"], m["version"]) for name, m in cli["models"].items()} \
+        == {"letters": (19, 1, 0, versions["letters"]), "length": (20, 0, 0, versions["length"])}
+    assert cli["indexes"] == status["indexes"]
+    assert cli["resume_point"] == status["resume_point"]  # idle: the checkpoint does not move
+    assert cli["uptime_s"] >= status["uptime_s"] > 0
+    assert cli["connection"] == "connected" and cli["events"] == 20
+    assert cli["last_failure"]["_id"] == {"$oid": str(poison)} and str(poison) in cli["last_error"]
+    assert cli["lag_events"] == 0 and cli["queue"] == {"batches": 0, "events": 0}
+    assert cli["lag"]["seconds_behind"] < 1
+
+    table = run_cli("status", "--socket", serve.socket)
+    assert table.returncode == 0, table.stderr
+    models, indexes = _table(table.stdout, "MODEL"), _table(table.stdout, "INDEX")
+    assert models == {"letters": ["letters", versions["letters"][:12], "yes", "19", "1", "0"],
+                      "length": ["length", versions["length"][:12], "yes", "20", "0", "0"]}
+    assert indexes["letters"][:4] == ["letters", "19", "26", "cosine"]
+    assert "lag 0 events" in table.stdout and "connection connected" in table.stdout
+    assert f"last error: model letters could not process docs _id {poison}" in table.stdout
+
+
+def _table(text: str, header: str) -> dict[str, list[str]]:
+    """The rows under `header` in `modelstream status`'s output, up to the next blank line, by first cell."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header)) + 1
+    rows = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        rows[line.split()[0]] = line.split()
+    return rows
+
+
+def test_lag_counts_events_received_but_not_yet_applied(tmp_path, mongo_server, db_name, db, serve_factory,
+                                                        monkeypatch):
+    """While a model holds a batch, status and /metrics count every event received and not applied (in
+    hand, read ahead) and the seconds behind grow; once it lets go, the lag drains to 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    marker = tmp_path / "hold"
+    marker.touch()
+    monkeypatch.setenv("HOLD_MARKER_FILE", str(marker))
+    serve = serve_factory(registry(tmp_path, mongo_server, db_name,
+                                   extra='  hold: {object: "toymodels:hold", collection: docs, key: text}'))
+    _streaming(serve)
+    db.docs.insert_many([{"text": f"first {i}"} for i in range(5)])
+    held = wait_until(lambda: serve.status()["models"].get("hold", {}).get("in_progress"), message="hold blocks")
+    assert 1 <= held <= 5
+    db.docs.insert_many([{"text": f"then {i}"} for i in range(3)])
+    status = wait_until(lambda: (s := serve.status())["lag_events"] == 8 and s, message="lag of 8 events")
+    assert 1 <= status["lag"]["in_hand"] <= 5
+    assert status["lag"]["in_hand"] + status["queue"]["events"] + status["lag"]["buffered"] == 8
+    wait_until(lambda: serve.status()["lag"]["seconds_behind"] >= 1, message="seconds behind grow while held")
+    with serve.client() as c:
+        metrics = {s.name: s.value for f in text_string_to_metric_families(c.request("metrics")["metrics"])
+                   for s in f.samples}
+    assert metrics["modelstream_lag_events"] == 8 and metrics["modelstream_lag_seconds"] >= 1
+
+    marker.unlink()
+    drained = wait_until(lambda: _settled(serve, {"hold": 8, "letters": 8}, 8), message="lag drained")
+    assert drained["lag_events"] == 0 and drained["lag"]["seconds_behind"] < 1
+    assert drained["models"]["hold"]["in_progress"] == 0
+
+
+# -- api.request_timeout_s: slow lines and slow ops are answered, everyone else is served ----------------
+
+
+def test_slow_request_line_times_out_while_others_are_served(tmp_path, mongo_server, db_name, serve_factory):
+    """A client trickling a request without its newline (slowloris) gets `timeout` after
+    api.request_timeout_s, although every byte restarts a per-read timeout; another client is served
+    all along."""
+    import select
+
+    serve = serve_factory(registry(tmp_path, mongo_server, db_name, listen="null, request_timeout_s: 1"))
+    reply = b""
+    with socket.socket(socket.AF_UNIX) as slow, serve.client() as other:
+        slow.connect(serve.socket)
+        slow.sendall(b'{"id": 1, "op": "ping"')
+        started = time.monotonic()
+        while b"\n" not in reply:
+            assert time.monotonic() - started < 30, "a trickling client was never cut off"
+            slow.sendall(b" ")
+            assert other.ping() is True
+            if select.select([slow], [], [], 0.1)[0]:
+                chunk = slow.recv(4096)
+                assert chunk, "closed without an answer"
+                reply += chunk
+        answer = json.loads(reply.split(b"\n")[0])
+        assert answer["ok"] is False and answer["error"]["code"] == "timeout"
+        assert "request_timeout_s" in answer["error"]["message"]
+        slow.settimeout(10)
+        assert reply.split(b"\n", 1)[1] + slow.recv(4096) == b""  # then closed
+        assert other.ping() is True
+
+
+def test_slow_op_times_out_while_others_are_served(tmp_path, mongo_server, db_name, serve_factory, monkeypatch):
+    """An `apply` still running after api.request_timeout_s answers `timeout` (with its id) and closes while
+    the op is provably still running; other clients are served meanwhile; its thread ends when the op does."""
+    marker = tmp_path / "hold"
+    marker.touch()
+    monkeypatch.setenv("HOLD_MARKER_FILE", str(marker))
+    serve = serve_factory(registry(
+        tmp_path, mongo_server, db_name, listen="null, request_timeout_s: 1",
+        extra='  hold: {object: "toymodels:hold", collection: docs, key: text, active: false}'))
+    with serve.client() as c:
+        c.ping()
+    before = _threads_and_fds(serve.process.pid)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(serve.socket)
+        s.sendall(b'{"id": 7, "op": "apply", "model": "hold", "document": {"text": "abc"}}\n')
+        with serve.client() as other:
+            assert other.ping() is True and other.status()["connection"] == "connected"
+        f = s.makefile("rb")
+        answer = json.loads(f.readline())
+        assert marker.exists()  # the op is still held: the time limit answered, not the op
+        assert answer["id"] == 7 and answer["ok"] is False and answer["error"]["code"] == "timeout"
+        assert "apply" in answer["error"]["message"] and answer["error"]["hint"]
+        assert f.readline() == b""  # closed: its late result could only be misread as another answer
+    with serve.client() as other:
+        assert other.ping() is True
+    [logged] = serve.log_events("request timed out")
+    assert logged["op"] == "apply" and logged["request_id"] == 7
+
+    marker.unlink()
+    with serve.client() as c:
+        assert c.apply("hold", {"text": "abcd"}) == 4  # fast again; the held op finished in the background
+    wait_until(lambda: _threads_and_fds(serve.process.pid)[0] <= before[0] + 2, timeout_s=30,
+               message=f"threads back to {before[0]}")

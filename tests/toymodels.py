@@ -56,3 +56,19 @@ def flaky(text: str) -> int:
     if marker and os.path.exists(marker):
         raise RuntimeError("backend unavailable")
     return len(text)
+
+
+HOLD_MARKER = "HOLD_MARKER_FILE"
+
+
+def hold(text: str) -> int:
+    """Blocks while the file named by $HOLD_MARKER_FILE exists (a minute at most): a model, or an `apply`,
+    that is still running for as long as a test needs, with no guessing at durations."""
+    import os
+    import time
+
+    marker = os.environ.get(HOLD_MARKER)
+    deadline = time.monotonic() + 60
+    while marker and os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(text)

@@ -231,15 +231,58 @@ def status(config: OptionalConfig = None, socket_: SocketOpt = None, as_json: Js
     if as_json:
         _print_json(snap)
         return
-    typer.echo(f"phase {snap['phase']}  connection {snap['connection']}  uptime {snap['uptime_s']:.0f}s  "
-               f"events {snap['events']}  behind {snap['lag']['seconds_behind']}s")
-    typer.echo(f"database {snap['database']['uri']} / {snap['database']['name']}")
+    from modelstream.api.protocol import to_plain
+
+    for line in _status_lines(to_plain(snap)):  # Extended JSON (dates, ids) as text, like --json
+        typer.echo(line)
+
+
+def _status_lines(snap: dict) -> list[str]:
+    """`modelstream status` for people: a header, then one table of models and one of indexes."""
+    lag = snap.get("lag", {})
+    queue = snap.get("queue", {"batches": snap.get("queue_depth", 0), "events": 0})
+    db = snap["database"]
+    lines = [
+        f"phase {snap['phase']}  connection {snap['connection']}  uptime {snap['uptime_s']:.0f}s",
+        f"database {db['uri']} / {db['name']}" + ("  (embedded)" if db.get("embedded") else ""),
+        f"events {snap['events']} in {snap['batches']} batches  lag {snap.get('lag_events', 0)} events, "
+        f"behind {lag.get('seconds_behind', 0)}s  queue {queue['batches']} batches ({queue['events']} events)",
+        f"scan {snap['scan']['done']}/{snap['scan']['total']}  resume point {_short(snap.get('resume_point'))}",
+        "",
+        _row(("MODEL", "VERSION", "ACTIVE", "DONE", "FAILED", "IN PROGRESS")),
+    ]
     for name, m in snap["models"].items():
-        typer.echo(f"  model {name:<24} done {m['done']:>8}  failed {m['failed']:>6}")
+        lines.append(_row((name, (m.get("version") or "-")[:12], "yes" if m.get("active", True) else "no",
+                           m["done"], m["failed"], m.get("in_progress", 0))))
+    lines += ["", _row(("INDEX", "SIZE", "DIM", "MEASURE", "MEMORY"))]
     for name, ix in snap["indexes"].items():
-        typer.echo(f"  index {name:<24} size {ix['size']:>8}  dim {ix['dim']}  {ix['measure']}")
+        lines.append(_row((name, ix["size"], ix["dim"], ix["measure"], _bytes(ix.get("bytes", 0)))))
+    for job in snap.get("jobs", [])[-5:]:
+        progress = f"  {job['done']}/{job['total']}" if "total" in job else ""
+        lines.append(f"job {job.get('kind')} {job.get('state')}{progress}")
     if snap.get("last_error"):
-        typer.echo(f"last error: {snap['last_error']}")
+        lines += ["", f"last error: {snap['last_error']}"]
+    return lines
+
+
+def _row(cells: tuple) -> str:
+    widths = (24, 14, 7, 10, 8, 11)
+    return "  ".join(f"{cell!s:<{width}}" for cell, width in zip(cells, widths)).rstrip()
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    if value is None:
+        return "none yet"
+    text = json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _bytes(n: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB")
+    step = 0
+    while n >= 1024 and step < len(units) - 1:
+        n, step = n / 1024, step + 1
+    return f"{n:.0f} B" if step == 0 else f"{n:.1f} {units[step]}"
 
 
 @app.command()

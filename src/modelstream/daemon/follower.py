@@ -23,7 +23,7 @@ from modelstream import log
 from modelstream.daemon.checkpoint import Checkpoints
 from modelstream.daemon.documents import RESERVED, id_key, pages
 from modelstream.daemon.processor import Processor
-from modelstream.daemon.stats import Stats
+from modelstream.daemon.stats import Backlog, Stats
 from modelstream.daemon.stores import chunks
 
 logger = log.get("modelstream.follower")
@@ -88,6 +88,25 @@ class Follower:
         self.collections = processor.plan.registry.collections()
         self.scanned = threading.Event()  # set once the first full scan is done
         self.on_batch: Callable[[], None] | None = None
+        # What `backlog` reads from other threads (status, /metrics): set while a stream is open.
+        self._stream = None
+        self._reader: _ReadAhead | None = None
+        self._in_hand = 0
+        self._in_hand_since: float | None = None
+        stats.backlog = self.backlog
+
+    def backlog(self) -> Backlog:
+        """Events received from the server and not yet applied and checkpointed, by where they wait."""
+        reader, stream = self._reader, self._stream
+        batches, events = reader.depth() if reader is not None else (0, 0)
+        return Backlog(queued_batches=batches, queued_events=events, in_hand=self._in_hand,
+                       buffered=_buffered(stream), oldest_in_hand=self._in_hand_since)
+
+    def _hold(self, events: list[dict]) -> None:
+        """`events` are in hand (0 events: none is) until applied and checkpointed."""
+        self._in_hand = len(events)
+        cluster_time = events[0].get("clusterTime") if events else None
+        self._in_hand_since = cluster_time.time if cluster_time is not None else None
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -137,44 +156,57 @@ class Follower:
             raise
         with stream:
             self.stats.connection = "connected"
-            pending = self._gather(stream)  # pins the position before the scan; keeps any early events
-            if need_scan or token is None:
-                self.scan(stop)
-            self.stats.phase = "streaming"
-            if pending:
-                self._step(pending, stream.resume_token)
-            reader = _ReadAhead(self, stream)
+            self._stream = stream
             try:
-                last_saved = time.monotonic()
-                while not stop.is_set():
-                    item = reader.next(timeout_s=AWAIT_MS / 1000 + 1)
-                    self.stats.queue_depth = reader.queue.qsize()
-                    if item is None:
-                        continue
-                    events, resume_token, alive = item
-                    if events:
-                        if self._step(events, resume_token):
-                            return
-                        last_saved = time.monotonic()
-                    else:
-                        self.stats.idle = True
-                        if time.monotonic() - last_saved > IDLE_CHECKPOINT_S and resume_token:
-                            self.checkpoints.save(resume_token)  # postBatchResumeToken: an idle stream advances
-                            last_saved = time.monotonic()
-                    if self.on_batch:
-                        self.on_batch()
-                    if not alive:  # invalidated (dropDatabase; its events are $match-ed out): reopen after it
-                        if resume_token:
-                            self.checkpoints.save(resume_token)
-                        return
+                pending = self._gather(stream)  # pins the position before the scan; keeps any early events
+                self._hold(pending)  # received: lag until applied after the scan
+                if need_scan or token is None:
+                    self.scan(stop)
+                self.stats.phase = "streaming"
+                if pending:
+                    self._step(pending, stream.resume_token)
+                self._consume(stream, stop)
             finally:
-                reader.close()
+                self._stream = None
+                self._hold([])  # a closed stream holds nothing we received: it is read again on reopening
+
+    def _consume(self, stream, stop: threading.Event) -> None:
+        """Batches from the read-ahead until `stop`, an invalidated stream, or an error (raised to `run`)."""
+        reader = _ReadAhead(self, stream)
+        self._reader = reader
+        try:
+            last_saved = time.monotonic()
+            while not stop.is_set():
+                item = reader.next(timeout_s=AWAIT_MS / 1000 + 1)
+                if item is None:
+                    continue
+                events, resume_token, alive = item
+                if events:
+                    if self._step(events, resume_token):
+                        return
+                    last_saved = time.monotonic()
+                else:
+                    self.stats.idle = True
+                    if time.monotonic() - last_saved > IDLE_CHECKPOINT_S and resume_token:
+                        self.checkpoints.save(resume_token)  # postBatchResumeToken: an idle stream advances
+                        last_saved = time.monotonic()
+                if self.on_batch:
+                    self.on_batch()
+                if not alive:  # invalidated (dropDatabase; its events are $match-ed out): reopen after it
+                    if resume_token:
+                        self.checkpoints.save(resume_token)
+                    return
+        finally:
+            self._reader = None
+            reader.close()
 
     def _step(self, events: list[dict], resume_token: dict | None) -> bool:
         """Apply one batch, then checkpoint it; True when the stream was invalidated and must be reopened."""
         self.stats.idle = False
+        self._hold(events)
         self._apply(events)
         self.checkpoints.save(resume_token)
+        self._hold([])  # only now: a crash before the checkpoint would replay these events
         return any(e["operationType"] in ("invalidate", "dropDatabase") for e in events)
 
     def _gather(self, stream) -> list[dict]:
@@ -271,6 +303,14 @@ class Follower:
             logger.info("removed orphaned outputs", collection=coll, count=len(orphans))
 
 
+def _buffered(stream) -> int:
+    """Events the driver has received for this stream and not yet handed out (pymongo has no public count)."""
+    try:
+        return len(stream._cursor._data)
+    except (AttributeError, TypeError):  # no stream open, or a driver that keeps it elsewhere
+        return 0
+
+
 class _ReadAhead:
     """Reads the next events while the current batch is computed and written.
 
@@ -286,6 +326,8 @@ class _ReadAhead:
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.halt = threading.Event()
         self.held: Exception | None = None
+        self._count_lock = threading.Lock()
+        self._events = 0  # read off the cursor, not yet taken by the follower (queued, or waiting for room)
         self.thread = threading.Thread(target=self._run, name="stream-reader", daemon=True)
         self.thread.start()
 
@@ -294,6 +336,12 @@ class _ReadAhead:
             while not self.halt.is_set():
                 events = self.follower._gather(self.stream)
                 alive = self.stream.alive
+                if not events and alive and not self.queue.empty():
+                    # Nothing new while the follower is busy: queuing it would fill the queue with nothing
+                    # and stop us reading what arrives next (status could not count it as lag). The next
+                    # item's resume token supersedes this one's.
+                    continue
+                self._count(len(events))
                 self._put((events, self.stream.resume_token, alive))
                 if not alive:
                     return
@@ -320,6 +368,7 @@ class _ReadAhead:
         if isinstance(item, Exception):
             raise item
         events, token, alive = item
+        self._count(-len(events))
         while alive and events and len(events) < MAX_EVENTS:
             try:
                 more = self.queue.get_nowait()
@@ -330,7 +379,17 @@ class _ReadAhead:
                 break
             events = events + more[0]
             token, alive = more[1], more[2]
+            self._count(-len(more[0]))
         return events, token, alive
+
+    def _count(self, n: int) -> None:
+        with self._count_lock:
+            self._events += n
+
+    def depth(self) -> tuple[int, int]:
+        """(batches queued, events read ahead): what status calls the queue."""
+        with self._count_lock:
+            return self.queue.qsize(), self._events
 
     def close(self) -> None:
         self.halt.set()

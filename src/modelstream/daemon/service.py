@@ -211,17 +211,52 @@ class Daemon:
             self.follower.run(self.stop_event)
         except Exception as exc:  # noqa: BLE001 - the daemon must say why it stopped
             self.stats.phase = "failed"
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            self.stats.error(f"{type(exc).__name__}: {exc}")
             logger.exception("the follower stopped", error=self.stats.last_error)
 
     def status(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
         snap["database"] = {"uri": self.uri, "name": self.plan.registry.database.name,
                             "embedded": self.embedded is not None}
+        snap["models"] = self._model_status(snap["models"])
         snap["indexes"] = {name: {"size": len(ix), "dim": ix.dim, "measure": ix.measure, "bytes": ix.nbytes()}
                            for name, ix in self.indexes.items()}
-        snap["resume_point"] = Checkpoints(self.own_db).load() if self.stats.connection == "connected" else None
+        connected = self.stats.connection == "connected"
+        snap["resume_point"] = self._from_database(lambda: Checkpoints(self.own_db).load()) if connected else None
+        snap["last_failure"] = self._from_database(self._last_failure) if connected else None
+        snap["last_error"], snap["last_error_at"] = _newest_error(snap["last_error"], snap["last_error_at"],
+                                                                  snap["last_failure"])
         return snap
+
+    def _model_status(self, counted: dict[str, dict]) -> dict[str, dict]:
+        """Every model of the registry (counted or not yet) with its version; a model a reload removed keeps
+        its counts, with version null."""
+        models = {}
+        for name, spec in self.plan.registry.models.items():
+            counts = counted.get(name, {"done": 0, "failed": 0, "in_progress": 0})
+            models[name] = {**counts, "version": self.plan.versions[name], "active": spec.active,
+                            "collection": spec.collection}
+        for name, counts in counted.items():
+            models.setdefault(name, {**counts, "version": None, "active": False, "collection": None})
+        return models
+
+    def _last_failure(self) -> dict | None:
+        """The newest entry of the errors collection: the last document a model could not process (kept
+        across restarts; gone once the document succeeds or `retry` takes it)."""
+        for entry in FailureLog(self.own_db).list(limit=1):
+            key = entry["_id"]
+            return {"collection": key["collection"], "model": key["model"], "_id": key["doc"],
+                    "error": entry.get("error"), "hint": entry.get("hint"), "attempts": entry.get("attempts"),
+                    "at": entry.get("last_at")}
+        return None
+
+    def _from_database(self, read):
+        """Status must answer while the database is going away: what cannot be read now is null."""
+        try:
+            return read()
+        except pymongo.errors.PyMongoError as exc:
+            logger.warning("status: database read failed", error=str(exc)[:300])
+            return None
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Finish the batch in hand (it checkpoints), then release everything."""
@@ -233,6 +268,19 @@ class Daemon:
         if self.embedded is not None:
             (self.plan.registry.data_dir / EMBEDDED_URI_FILE).unlink(missing_ok=True)
             self.embedded.stop()
+
+
+def _newest_error(daemon_error: str | None, daemon_error_at: float | None,
+                  failure: dict | None) -> tuple[str | None, float | None]:
+    """`last_error` and its time: the daemon's own (connection, follower) or the last document failure,
+    whichever is newer."""
+    if failure is None or failure.get("at") is None:
+        return daemon_error, daemon_error_at
+    failed_at = failure["at"].timestamp()
+    if daemon_error is not None and (daemon_error_at or 0) > failed_at:
+        return daemon_error, daemon_error_at
+    return (f"model {failure['model']} could not process {failure['collection']} _id {failure['_id']}: "
+            f"{failure['error']}"), failed_at
 
 
 class _IndexCollector:

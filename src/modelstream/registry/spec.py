@@ -38,6 +38,7 @@ class ApiSpec:
     max_line_bytes: int = 1 << 20
     max_connections: int = 256
     idle_timeout_s: float = 300.0
+    request_timeout_s: float = 30.0  # a request line must arrive, and its op answer, within this
     metrics_listen: str | None = None  # HOST:PORT of an HTTP /metrics endpoint (Prometheus)
 
 
@@ -219,7 +220,8 @@ TOP_KEYS = ("database", "data_dir", "api", "models", "indexes", "outputs", "coll
 FETCH_KEYS = ("workers", "timeout_s", "max_bytes", "retries")
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 DATABASE_KEYS = ("uri", "name", "embedded")
-API_KEYS = ("listen", "unix", "token", "max_line_bytes", "max_connections", "idle_timeout_s", "metrics_listen")
+API_KEYS = ("listen", "unix", "token", "max_line_bytes", "max_connections", "idle_timeout_s", "request_timeout_s",
+            "metrics_listen")
 MODEL_KEYS = ("object", "args", "collection", "key", "features", "filter", "active", "batch_size",
               "max_wait_ms", "device", "vector", "weights")
 TRAINING_KEYS = ("kind", "models", "model", "target", "use_grads", "loss", "measure", "metrics", "validation_set",
@@ -248,19 +250,7 @@ def parse(root: Located, path: Path) -> Registry:
 
     data_dir = folder / errors.typed(root, "data_dir", (str,), "the registry", ".modelstream")
 
-    api_map = errors.section(root, "api")
-    errors.unknown_keys(api_map, API_KEYS, "api")
-    unix = errors.typed(api_map, "unix", (str,), "api")
-    api = ApiSpec(
-        listen=None if "listen" in api_map and api_map["listen"] is None
-        else errors.typed(api_map, "listen", (str,), "api", "127.0.0.1:7070"),
-        unix=str(folder / unix) if unix else str(data_dir / "api.sock"),
-        token=errors.typed(api_map, "token", (str,), "api") or None,
-        max_line_bytes=errors.typed(api_map, "max_line_bytes", (int,), "api", 1 << 20),
-        max_connections=errors.typed(api_map, "max_connections", (int,), "api", 256),
-        idle_timeout_s=float(errors.typed(api_map, "idle_timeout_s", (int, float), "api", 300.0)),
-        metrics_listen=errors.typed(api_map, "metrics_listen", (str,), "api"),
-    )
+    api = _parse_api(errors, errors.section(root, "api"), folder, data_dir)
 
     outputs_map = errors.section(root, "outputs")
     errors.unknown_keys(outputs_map, OUTPUTS_KEYS, "outputs")
@@ -302,6 +292,30 @@ def parse(root: Located, path: Path) -> Registry:
                     indexes=indexes, outputs=outputs,
                     snapshot_every_s=snapshot_every_s, types=tuple(types), fetch=fetch,
                     validation=validation, trainings=trainings)
+
+
+def _parse_api(errors: _Errors, section: Located, folder: Path, data_dir: Path) -> ApiSpec:
+    errors.unknown_keys(section, API_KEYS, "api")
+    unix = errors.typed(section, "unix", (str,), "api")
+    spec = ApiSpec(
+        listen=None if "listen" in section and section["listen"] is None
+        else errors.typed(section, "listen", (str,), "api", "127.0.0.1:7070"),
+        unix=str(folder / unix) if unix else str(data_dir / "api.sock"),
+        token=errors.typed(section, "token", (str,), "api") or None,
+        max_line_bytes=errors.typed(section, "max_line_bytes", (int,), "api", 1 << 20),
+        max_connections=errors.typed(section, "max_connections", (int,), "api", 256),
+        idle_timeout_s=float(errors.typed(section, "idle_timeout_s", (int, float), "api", 300.0)),
+        request_timeout_s=float(errors.typed(section, "request_timeout_s", (int, float), "api", 30.0)),
+        metrics_listen=errors.typed(section, "metrics_listen", (str,), "api"),
+    )
+    # Zero or less would refuse every request (or, for the line size and connections, every client).
+    for key, hint in (("request_timeout_s", "seconds a request may take, e.g. 30"),
+                      ("idle_timeout_s", "seconds an idle connection stays open, e.g. 300"),
+                      ("max_line_bytes", "bytes in one request line, e.g. 1048576"),
+                      ("max_connections", "connections served at once, e.g. 256")):
+        if getattr(spec, key) <= 0:
+            errors.add(f"api.{key} must be positive, not {getattr(spec, key)}", section.line_of(key), hint)
+    return spec
 
 
 def _parse_fetch(errors: _Errors, section: Located) -> FetchSpec:
