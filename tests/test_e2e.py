@@ -121,6 +121,26 @@ def test_search_filter_and_project(serve, db, store):
     assert results[0]["document"] == {"year": 2020}
 
 
+def test_filtered_search_picks_post_or_pre_and_returns_n(serve, db, store):
+    """A broad filter post-filters, a narrow one pre-filters; each returns n matching documents when n exist."""
+    rng = np.random.default_rng(11)
+    texts = ["".join(rng.choice(list("abcdefgh"), 6)) for _ in range(200)]
+    docs = [{"text": t, "year": 2000 + i % 20, "tag": "rare" if i in (7, 150) else "common"}
+            for i, t in enumerate(texts)]
+    db.docs.insert_many(docs)
+    wait_until(lambda: serve.status()["indexes"]["letters"]["size"] == 200, message="200 documents indexed")
+    year_of = {d["_id"]: d["year"] for d in db.docs.find({}, {"year": 1})}
+    with serve.client() as c:
+        broad = c.request("search", index="letters", like={"text": "abcabc"}, n=10, filter={"year": {"$gte": 2010}})
+        narrow = c.request("search", index="letters", like={"text": "abcabc"}, n=10, filter={"tag": "rare"})
+    assert broad["filter_strategy"] == "post" and len(broad["results"]) == 10
+    assert all(year_of[r["_id"]] >= 2010 for r in broad["results"])
+    scores = [r["score"] for r in broad["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert narrow["filter_strategy"] == "pre"
+    assert {r["_id"] for r in narrow["results"]} == {docs[7]["_id"], docs[150]["_id"]}  # fewer than n: all
+
+
 def test_delete_leaves_index_and_outputs(serve, db, store):
     """A deleted document leaves the search results (and, in collection mode, the side collection)."""
     keep, gone = db.docs.insert_many([{"text": "keep"}, {"text": "gone"}]).inserted_ids

@@ -55,6 +55,46 @@ def test_allowed_ids_restrict_results(vectors):
     assert len(results) == 5 and {r[0] for r in results} <= set(allowed)
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+@pytest.mark.parametrize("measure", ["cosine", "l2"])
+def test_narrow_allowed_sets_return_n_exactly(kind, measure):
+    """A few allowed ids among thousands: n results, the exact best (HNSW and IVF alone run out of neighbours)."""
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(5000, 16)).astype(np.float32)
+    index, flat = VectorIndex("a", measure, kind), VectorIndex("f", measure)
+    index.upsert(list(range(5000)), data)
+    flat.upsert(list(range(5000)), data)
+    for q in range(5):
+        allowed = rng.choice(5000, 12, replace=False).tolist()
+        results = index.search(data[q], 10, allowed)
+        assert len(results) == 10 and {r[0] for r in results} <= set(allowed)
+        truth = flat.search(data[q], 10, allowed)
+        assert [r[0] for r in results] == [r[0] for r in truth]
+        assert [r[1] for r in results] == pytest.approx([r[1] for r in truth], abs=1e-4)
+
+
+def test_sample_ids_are_live_and_distinct():
+    """Samples (for selectivity estimates) never hold removed or replaced-away entries, nor repeats."""
+    rng = np.random.default_rng(6)
+    index = VectorIndex("s", "cosine", "hnsw")
+    index.upsert(list(range(2000)), rng.normal(size=(2000, 8)).astype(np.float32))
+    index.remove(list(range(0, 2000, 2)))
+    index.upsert(list(range(1, 200, 2)), rng.normal(size=(100, 8)).astype(np.float32))  # replaced: new ints
+    sample = index.sample_ids(64)
+    assert len(sample) == 64 == len(set(sample)) and all(i % 2 == 1 for i in sample)
+    assert sorted(index.sample_ids(5000)) == list(range(1, 2000, 2))
+
+
+def test_nbytes_counts_faiss_and_the_id_maps(vectors):
+    """The memory report covers the vectors and the `_id` maps, and grows with the index."""
+    index = VectorIndex("m", "cosine", "hnsw")
+    ids = [ObjectId() for _ in vectors]
+    index.upsert(ids[:100], vectors[:100])
+    small = index.nbytes()
+    index.upsert(ids[100:], vectors[100:])
+    assert index.nbytes() > small >= 100 * 16 * 4 and index.id_map_bytes() > 100 * 12
+
+
 def test_dimension_mismatch_is_an_error(vectors):
     """A vector of the wrong size is refused with the sizes named."""
     index = VectorIndex("t")

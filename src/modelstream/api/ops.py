@@ -9,6 +9,7 @@ import time
 import numpy as np
 from prometheus_client import generate_latest
 
+from modelstream.api.filtered_search import FilteredSearch
 from modelstream.content import ContentError, reader_for, to_stored, vector_of
 from modelstream.daemon.documents import id_key
 from modelstream.daemon.service import Daemon
@@ -21,6 +22,7 @@ MAX_N = 10_000
 class Operations:
     def __init__(self, daemon: Daemon):
         self.daemon = daemon
+        self.filtered = FilteredSearch()
         self.handlers = {"ping": self.ping, "search": self.search, "apply": self.apply,
                          "models": self.models, "status": self.status,
                          "metrics": self.metrics, "retry": self.retry, "refresh": self.refresh}
@@ -127,15 +129,24 @@ class Operations:
         spec = self.daemon.plan.registry.indexes[index_name]
         vector, exclude = self._query_vector(spec, index, models, request)
         index.check_dim(vector)
+        # the user's documents, whatever the output store: filters and projections are over their fields
         collection = self.daemon.db[self.daemon.plan.registry.models[spec.source_model].collection]
-        allowed = self._prefilter(collection, request.get("filter"))
-        hits = index.search(vector, n + len(exclude), allowed)
-        hits = [(doc_id, score) for doc_id, score in hits if id_key(doc_id) not in exclude][:n]
+        query = request.get("filter")
+        response: dict[str, Any] = {}
+        if query is None:
+            hits = index.search(vector, n + len(exclude))
+            hits = [(doc_id, score) for doc_id, score in hits if id_key(doc_id) not in exclude][:n]
+        else:
+            if not isinstance(query, dict):
+                raise ApiError("bad_request", "filter must be a MongoDB query object",
+                               hint="e.g. \"filter\": {\"year\": {\"$gte\": 2010}}")
+            filtered = self.filtered.search(index, collection, vector, n, query, exclude)
+            hits, response["filter_strategy"] = filtered.hits, filtered.strategy
         results = [{"_id": doc_id, "score": score} for doc_id, score in hits]
         project = request.get("project")
         if project:
             self._project(collection, results, project)
-        return {"results": results, "measure": index.measure}
+        return {"results": results, "measure": index.measure, **response}
 
     def _query_vector(self, spec, index, models, request: dict) -> tuple[np.ndarray, set]:
         if "vector" in request:
@@ -162,16 +173,6 @@ class Operations:
         keys = [models[m].spec.key for m in spec.models]
         raise ApiError("bad_request", f"no model of index {spec.name} reads {', '.join(map(repr, like))}",
                        hint=f"query fields of this index: {', '.join(keys)}")
-
-    def _prefilter(self, collection, query: Any) -> list | None:
-        if query is None:
-            return None
-        if not isinstance(query, dict):
-            raise ApiError("bad_request", "filter must be a MongoDB query object")
-        try:
-            return [d["_id"] for d in collection.find(query, {"_id": 1})]
-        except Exception as exc:  # noqa: BLE001 - the server's complaint about the query goes back verbatim
-            raise ApiError("bad_filter", f"the database rejected the filter: {exc}") from exc
 
     def _project(self, collection, results: list[dict], project: Any) -> None:
         fields = project if isinstance(project, list) else list(project)

@@ -7,10 +7,15 @@ retired ints become tombstones that searches skip, and a background rebuild clea
 they pass a threshold. Every mutation and search holds one lock (a search never sees a
 half-applied batch); a rebuild copies the live vectors under the lock, builds outside it, and
 swaps in under it again, replaying what changed meanwhile.
+
+Searching within a set of allowed ids (pre-filtering) scores small sets exactly: HNSW and IVF
+with a narrow selector run out of allowed neighbours and return fewer than n.
 """
 
 from __future__ import annotations
 
+import random
+import sys
 import threading
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +32,9 @@ logger = log.get("modelstream.index")
 
 TOMBSTONE_REBUILD_FRACTION = 0.25  # rebuild an HNSW index once this share of its entries is dead
 TOMBSTONE_REBUILD_MIN = 1000
+EXACT_ALLOWED_MAX = 4096  # allowed sets up to this size are scored exactly (a few ms), never by the graph
+EXACT_CHUNK = 8192  # vectors reconstructed at once when scoring exactly (bounds the temporary copy)
+IDMAP_REVERSE_ENTRY_BYTES = 40  # IndexIDMap2's std::unordered_map: a 24-byte node, malloc rounding, a bucket
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,13 @@ def _hashable(doc_id: Any) -> Hashable:
     if isinstance(doc_id, (dict, list)):
         return bson.encode({"_id": doc_id})
     return doc_id
+
+
+def _deep_size(doc_id: Any) -> int:
+    """An `_id`'s bytes: an ObjectId is a small object around a 12-byte bytes object."""
+    if isinstance(doc_id, bson.ObjectId):
+        return sys.getsizeof(doc_id) + sys.getsizeof(doc_id.binary)
+    return sys.getsizeof(doc_id)
 
 
 class VectorIndex:
@@ -77,15 +92,32 @@ class VectorIndex:
             return list(self._id_of.values())
 
     def nbytes(self) -> int:
-        """Bytes FAISS holds for this index: vectors, ids, and the HNSW graph (an estimate, cheap to compute)."""
+        """Bytes this index holds: FAISS's structures and the `_id` maps (an estimate, cheap to compute)."""
+        return self.faiss_bytes() + self.id_map_bytes()
+
+    def faiss_bytes(self) -> int:
+        """FAISS's bytes: vectors (tombstones included), the HNSW graph, IndexIDMap2's ids both ways."""
         with self._lock:
             if self._index is None:
                 return 0
             n, dim = self._index.ntotal, self.dim or 0
-            per_vector = dim * 4 + 16  # the float32 vector, its id both ways
+            per_vector = dim * 4 + 8  # the float32 vector and its int64 id
             if self.kind == "hnsw":
-                per_vector += self.params.m * 2 * 4 + 8  # level-0 neighbours, offsets
+                per_vector += self.params.m * 2 * 4 + 4 + 8 * 2  # level-0 neighbours, its level, offsets
+            per_vector += IDMAP_REVERSE_ENTRY_BYTES  # IDMap2's reverse map, or IVF's hashtable direct map
             return n * per_vector
+
+    def id_map_bytes(self) -> int:
+        """The Python side: two dicts between `_id`s and FAISS ints, and the objects they hold.
+
+        Every `_id` is assumed the size of one sampled `_id` (ObjectIds all are), so this is O(1).
+        """
+        with self._lock:
+            if not self._id_of:
+                return sys.getsizeof(self._int_of) + sys.getsizeof(self._id_of)
+            some_int, some_id = next(iter(self._id_of.items()))
+            per_entry = sys.getsizeof(some_int) + _deep_size(some_id)
+            return sys.getsizeof(self._int_of) + sys.getsizeof(self._id_of) + len(self._id_of) * per_entry
 
     @property
     def tombstones(self) -> int:
@@ -244,33 +276,78 @@ class VectorIndex:
             i = self._int_of.get(_hashable(doc_id))
             return None if i is None else self._index.reconstruct(i)
 
-    def search(self, vector: np.ndarray, n: int, allowed: Iterable[Any] | None = None) -> list[tuple[Any, float]]:
-        """The n nearest live documents as (_id, score); `allowed` restricts to those ids (pre-filtering).
+    def sample_ids(self, k: int, rng: random.Random | None = None) -> list[Any]:
+        """Up to k live `_id`s drawn uniformly, without copying the id map (to estimate a filter's selectivity)."""
+        rng = rng or random
+        with self._lock:
+            if len(self._id_of) <= k:
+                return list(self._id_of.values())
+            picked: dict[int, Any] = {}
+            for _ in range(16):  # ints retired by replaces and removals leave holes: draw again for those
+                for i in rng.sample(range(self._next), min(self._next, 2 * k)):
+                    if i in self._id_of:
+                        picked[i] = self._id_of[i]
+                        if len(picked) == k:
+                            return list(picked.values())
+            return list(picked.values())
 
-        Scores keep their measure's meaning: cosine similarity, inner product, or L2 distance.
+    def search(self, vector: np.ndarray, n: int, allowed: Iterable[Any] | None = None) -> list[tuple[Any, float]]:
+        """The n nearest live documents as (_id, score), best first; `allowed` restricts to those ids.
+
+        Scores keep their measure's meaning: cosine similarity, inner product, or L2 distance. With
+        `allowed`, n results come back whenever n allowed ids are in the index.
         """
         with self._lock:
             if self._index is None or not self._id_of or n <= 0:
                 return []
             query = self._prepare(np.asarray(vector, dtype=np.float32).ravel())
-            selector = None
             if allowed is not None:
-                ints = [self._int_of[k] for k in map(_hashable, allowed) if k in self._int_of]
-                if not ints:
-                    return []
-                selector = faiss.IDSelectorBatch(np.asarray(ints, dtype=np.int64))
-            elif self._dead:
+                return self._search_allowed(query, n, allowed)
+            selector = None
+            if self._dead:
                 selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._dead, dtype=np.int64)))
-            k = min(n, len(self._id_of))
-            scores, found = self._index.search(query, k, params=self._search_params(selector))
-            results = []
-            for score, i in zip(scores[0], found[0]):
-                doc_id = self._id_of.get(int(i))
-                if i < 0 or doc_id is None:
-                    continue
-                value = float(np.sqrt(max(score, 0.0))) if self.measure == "l2" else float(score)
-                results.append((doc_id, value))
-            return results
+            return self._nearest(query, min(n, len(self._id_of)), selector)
+
+    def _nearest(self, query: np.ndarray, k: int, selector: Any) -> list[tuple[Any, float]]:
+        scores, found = self._index.search(query, k, params=self._search_params(selector))
+        results = []
+        for score, i in zip(scores[0].tolist(), found[0].tolist()):
+            doc_id = self._id_of.get(i)
+            if i < 0 or doc_id is None:
+                continue
+            results.append((doc_id, self._score(score)))
+        return results
+
+    def _score(self, raw: float) -> float:
+        """FAISS's L2 is squared; the API's is the distance."""
+        return float(np.sqrt(max(raw, 0.0))) if self.measure == "l2" else float(raw)
+
+    def _search_allowed(self, query: np.ndarray, n: int, allowed: Iterable[Any]) -> list[tuple[Any, float]]:
+        ints = np.fromiter((self._int_of[k] for k in map(_hashable, allowed) if k in self._int_of), dtype=np.int64)
+        if len(ints) == 0:
+            return []
+        want = min(n, len(ints))
+        if len(ints) > EXACT_ALLOWED_MAX:
+            results = self._nearest(query, want, faiss.IDSelectorBatch(ints))
+            if len(results) >= want:
+                return results
+            logger.debug("allowed set scored exactly", index=self.name, allowed=len(ints), found=len(results))
+        return self._exact(query, ints, want)
+
+    def _exact(self, query: np.ndarray, ints: np.ndarray, n: int) -> list[tuple[Any, float]]:
+        """Score every allowed vector against the query (brute force over the allowed set only)."""
+        parts = []
+        for start in range(0, len(ints), EXACT_CHUNK):
+            matrix = self._index.reconstruct_batch(ints[start:start + EXACT_CHUNK])
+            if self.measure == "l2":
+                parts.append(((matrix - query) ** 2).sum(axis=1))
+            else:
+                parts.append(matrix @ query[0])
+        scores = np.concatenate(parts)
+        ranked = scores if self.measure == "l2" else -scores  # best first: nearest, or largest product
+        top = np.argpartition(ranked, n - 1)[:n] if n < len(ranked) else np.arange(len(ranked))
+        top = top[np.argsort(ranked[top], kind="stable")]
+        return [(self._id_of[int(ints[i])], self._score(float(scores[i]))) for i in top]
 
     def _search_params(self, selector: Any) -> Any:
         if self.kind == "hnsw":
