@@ -401,3 +401,19 @@ def test_slow_op_times_out_while_others_are_served(tmp_path, mongo_server, db_na
         assert c.apply("hold", {"text": "abcd"}) == 4  # fast again; the held op finished in the background
     wait_until(lambda: _threads_and_fds(serve.process.pid)[0] <= before[0] + 2, timeout_s=30,
                message=f"threads back to {before[0]}")
+
+
+def test_client_reopens_a_connection_the_daemon_closed_while_idle(tmp_path, mongo_server, db_name, serve_factory):
+    """The daemon answers `idle_timeout` and closes a quiet connection; the Python client's next request
+    opens a new one and is answered (the request was never read, so nothing runs twice)."""
+    serve = serve_factory(registry(tmp_path, mongo_server, db_name, listen="null, idle_timeout_s: 0.5"))
+    with serve.client() as client:
+        assert client.ping() is True
+        first = client._sock
+        with socket.socket(socket.AF_UNIX) as probe:  # a raw connection shows when the idle limit has struck
+            probe.connect(serve.socket)
+            probe.settimeout(30)
+            assert b"idle_timeout" in probe.recv(4096)
+        time.sleep(0.2)  # the client's connection is older than the probe's: it was closed first
+        assert client.ping() is True
+        assert client._sock is not first

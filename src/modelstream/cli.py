@@ -492,6 +492,10 @@ def validation_create(
             "--split", help="KEY_FIELD:TARGET_FIELD: freeze only these two fields (default: the whole document).")]
         = None,
         replace: Annotated[bool, typer.Option("--replace", help="Make the set again if it exists.")] = False,
+        relevant_by: Annotated[Optional[str], typer.Option(
+            "--relevant-by", help="FIELD: documents with the same value of FIELD count as right answers for "
+                                  "each other's queries in P@k (default: only the query's own document).")]
+        = None,
 ) -> None:
     """Freeze a deterministic sample of the valid fold (a pure function of _id; user documents are only read)."""
     from modelstream.training.validation import create_set
@@ -502,7 +506,8 @@ def validation_create(
         if not sep or not key or not target:
             _fail(f"--split must be KEY_FIELD:TARGET_FIELD, not {split!r}", 2)
         fields = (key, target)
-    meta = _with_database(config, lambda plan, db: create_set(db, plan, name, collection, sample, fields, replace))
+    meta = _with_database(config, lambda plan, db: create_set(db, plan, name, collection, sample, fields, replace,
+                                                                     relevant_by))
     typer.echo(f"validation set {name!r}: {meta['count']} documents of {collection!r} frozen "
                f"(valid fold: {meta['valid_fold_size']} documents at ratio {meta['ratio']})")
 

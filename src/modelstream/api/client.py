@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 from typing import Any
@@ -36,8 +37,9 @@ class Client:
         return self
 
     def close(self) -> None:
-        if self._file:
-            self._file.close()
+        with contextlib.suppress(OSError):  # a closed peer: what is still buffered has nowhere to go
+            if self._file:
+                self._file.close()
         if self._sock:
             self._sock.close()
         self._sock = self._file = None
@@ -49,15 +51,19 @@ class Client:
         self.close()
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send one request; return the response, or raise ApiError for `ok: false`."""
-        if self._sock is None:
-            self.connect()
+        """Send one request; return the response, or raise ApiError for `ok: false`.
+
+        A connection the daemon closed while it sat idle (`api.idle_timeout_s`) is opened again and the
+        request sent once more: the daemon never read it, so nothing runs twice.
+        """
         request = {"id": next(self._ids), "op": op, **fields}
         if self.token:
             request["token"] = self.token
-        self._file.write(protocol.encode(request))
-        self._file.flush()
-        line = self._file.readline()
+        reused = self._sock is not None
+        line = self._exchange(request)
+        if reused and (not line or _error_code(line) == "idle_timeout"):
+            self.close()
+            line = self._exchange(request)
         if not line:
             raise ApiError("closed", f"the daemon at {self.address} closed the connection")
         response = protocol.decode(line)
@@ -65,6 +71,16 @@ class Client:
             error = response.get("error", {})
             raise ApiError(error.get("code", "error"), error.get("message", "request failed"), hint=error.get("hint"))
         return response
+
+    def _exchange(self, request: dict[str, Any]) -> bytes:
+        if self._sock is None:
+            self.connect()
+        try:
+            self._file.write(protocol.encode(request))
+            self._file.flush()
+            return self._file.readline()
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
 
     def ping(self) -> bool:
         return self.request("ping")["pong"]
@@ -86,3 +102,11 @@ class Client:
 
     def models(self) -> list[dict]:
         return self.request("models")["models"]
+
+
+def _error_code(line: bytes) -> str | None:
+    try:
+        response = protocol.decode(line)
+    except ApiError:
+        return None
+    return (response.get("error") or {}).get("code") if response.get("id") is None else None

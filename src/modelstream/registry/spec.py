@@ -114,7 +114,7 @@ class ValidationSpec:
 
 
 TRAINING_KINDS = ("semantic_index", "imputation")
-BUILTIN_LOSSES = ("ranking", "bce")
+BUILTIN_LOSSES = ("ranking", "bce", "autoregressive")
 _BUILTIN_METRIC = re.compile(r"p_at_[1-9][0-9]*|jaccard")
 
 
@@ -125,7 +125,7 @@ class TrainingSpec:
     kind: str  # semantic_index: models [document side, query side]; imputation: models [model], target
     models: tuple[str, ...]
     use_grads: dict[str, bool]
-    loss: str  # ranking, bce, or `module:attr`
+    loss: str  # ranking, bce, autoregressive, or `module:attr`
     metrics: tuple[str, ...]  # p_at_K, jaccard, or `module:attr`
     validation_set: str
     measure: str = "cosine"

@@ -14,8 +14,10 @@
 semantic_index: models [document side, query side]; loss(document outputs, query outputs), row i of
 both from one document; validation: P@k of finding each validation document by its query field.
 imputation: model, target; loss(model outputs, target outputs), the target's outputs being its
-`preprocess` (a few-hot vector, as the tutorial's FewHot) or its prediction; validation:
-metric(model prediction, the target's input), e.g. Jaccard of predicted and true tags.
+`preprocess` (a few-hot vector, as the tutorial's FewHot; token ids, as SimpleTokenizer) or its
+prediction; a model with `train_forward(inputs, targets)` (teacher forcing, as ConditionalLM) is trained
+through it instead of `forward`; validation: metric(model prediction, the target's input), e.g. Jaccard
+of predicted and true tags, or of a generated and the true caption's words.
 """
 
 from __future__ import annotations
@@ -111,13 +113,20 @@ class Task:
         return outs
 
     def batch_loss(self, loss: Callable, index):
-        outs = self.forward(index)
-        if self.target is not None:
-            pos_weight = getattr(loss, "pos_weight", None)
-            if pos_weight is not None and pos_weight.device != outs[0].device:
-                loss.pos_weight = pos_weight.to(outs[0].device)
-            return loss(outs[0], self.targets[index].to(outs[0].dtype))
-        return loss(outs[0], outs[1])
+        if self.target is None:
+            outs = self.forward(index)
+            return loss(outs[0], outs[1])
+        targets = self.targets[index]
+        model = self.sides[0]
+        train_forward = getattr(model.obj, "train_forward", None)
+        if train_forward is not None:  # a model whose training pass reads the target (teacher forcing)
+            out = train_forward(self.data[0][index], targets)
+        else:
+            out = self.forward(index)[0]
+        pos_weight = getattr(loss, "pos_weight", None)
+        if pos_weight is not None and pos_weight.device != out.device:
+            loss.pos_weight = pos_weight.to(out.device)
+        return loss(out, targets.to(out.dtype) if targets.is_floating_point() else targets)
 
     def validate(self) -> tuple[dict[str, float], int]:
         trained = [self.models[n].obj for n in self.spec.trained]
@@ -159,8 +168,9 @@ def _target_tensor(model: Model, values: list):
         outs = [obj.preprocess(v) for v in values]
     else:
         outs = model.predict(values)
-    return torch.stack([torch.as_tensor(np.asarray(o.detach().cpu() if hasattr(o, "detach") else o))
-                        for o in outs]).float()
+    stacked = torch.stack([torch.as_tensor(np.asarray(o.detach().cpu() if hasattr(o, "detach") else o))
+                           for o in outs])
+    return stacked if not stacked.is_floating_point() else stacked.float()  # token ids stay integers
 
 
 def _check_trainable(plan: Plan, spec: TrainingSpec, models: dict[str, Model]) -> None:
@@ -202,11 +212,11 @@ def train(db: Database, plan: Plan, name: str, progress: bool = True,
     except ModelstreamError as exc:
         raise ConfigError(f"trainings.{name}.validation_set: {exc.message}", file=str(plan.registry.path),
                           line=spec.line, hint=exc.hint) from exc
-    stale = vset.stale_models(plan)
+    names = list(spec.models) + ([spec.target] if spec.target else [])
+    stale = vset.stale_models(plan, read_by=names)
     if stale:
         echo(f"note: validation set {spec.validation_set!r} froze outputs of older versions of "
              f"{', '.join(stale)}; recreate it with --replace for exact figures")
-    names = list(spec.models) + ([spec.target] if spec.target else [])
     models = load_models(plan.registry, plan.versions, names)
     _check_trainable(plan, spec, models)
     fns = metric_fns(list(spec.metrics), plan)

@@ -1,4 +1,5 @@
-"""Losses: the tutorial's ranking loss, BCE with logits and pos_weight, user callables by import path.
+"""Losses: the tutorial's ranking loss, BCE with logits and pos_weight, the autoregressive cross-entropy,
+and user callables by import path.
 
 A loss takes two batches (tensors) and returns a scalar tensor: for a semantic index the outputs
 of its two models, row i of each from the same document; for an imputation the model's outputs
@@ -29,6 +30,19 @@ def bce_loss(pos_weight: Any = None):
     return torch.nn.BCEWithLogitsLoss(pos_weight=weight)
 
 
+def autoregressive_loss(logits, targets):
+    """Cross-entropy of each position's next-token logits (N x L x tokens) against the target ids (N x L),
+    counted up to and including the first stop token (the highest id, which also pads), averaged per
+    row, then over rows: long captions weigh no more than short ones."""
+    import torch
+
+    stop = logits.shape[2] - 1
+    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    counted = torch.ones_like(per_token)
+    counted[:, 1:] = (targets[:, :-1] != stop).to(per_token.dtype)  # after a stop, nothing is learned
+    return ((per_token * counted).sum(dim=1) / counted.sum(dim=1)).mean()
+
+
 def auto_pos_weight(targets) -> list[float]:
     """negatives / positives per output column over the training targets (1 where a label never occurs)."""
     import torch
@@ -44,6 +58,8 @@ def resolve(name: str, search: list[Path], pos_weight: Any = None):
         return ranking_loss
     if name == "bce":
         return bce_loss(pos_weight)
+    if name == "autoregressive":
+        return autoregressive_loss
     from modelstream.registry.models import import_path
 
     target = import_path(name, search)

@@ -39,8 +39,12 @@ def _now() -> dt.datetime:
 
 
 def create_set(db: Database, plan: Plan, name: str, collection: str, sample: int,
-               split: tuple[str, str] | None = None, replace: bool = False) -> dict:
-    """Freeze `sample` documents of the valid fold of `collection` (the same ones on every run)."""
+               split: tuple[str, str] | None = None, replace: bool = False, relevant_by: str | None = None) -> dict:
+    """Freeze `sample` documents of the valid fold of `collection` (the same ones on every run).
+
+    `relevant_by`: a field whose equal values make documents right answers for each other's queries in
+    P@k (rendered scenes with the same attributes, say); by default only a query's own document is.
+    """
     own = own_database(db, plan.registry)
     if own[SETS].find_one({"_id": name}) and not replace:
         raise ModelstreamError(f"validation set {name!r} exists", hint="pass --replace to make it again")
@@ -62,7 +66,7 @@ def create_set(db: Database, plan: Plan, name: str, collection: str, sample: int
             continue
         fields = {k: v for k, v in record.items() if k not in ("_id", "_outputs", FINGERPRINTS)}
         if split:
-            fields = {k: fields[k] for k in split if k in fields}
+            fields = {k: fields[k] for k in (*split, *([relevant_by] if relevant_by else [])) if k in fields}
         frozen.append({"_id": record["_id"], "fields": fields, "outputs": record.get("_outputs", {}),
                        "fingerprints": record.get(FINGERPRINTS, {})})
     target = own[SET_PREFIX + name]
@@ -71,6 +75,7 @@ def create_set(db: Database, plan: Plan, name: str, collection: str, sample: int
         target.insert_many(frozen[start:start + INSERT_CHUNK])
     meta = {"_id": name, "collection": collection, "sample": sample, "count": len(frozen),
             "split": {"key": split[0], "target": split[1]} if split else None, "ratio": ratio,
+            "relevant_by": relevant_by,
             "valid_fold_size": len(candidates),
             "versions": _frozen_versions(plan, collection, frozen), "created": _now()}
     own[SETS].replace_one({"_id": name}, meta, upsert=True)
@@ -94,10 +99,25 @@ class ValidationSet:
     def ids(self) -> set:
         return {id_key(r["_id"]) for r in self.records}
 
-    def stale_models(self, plan: Plan) -> list[str]:
-        """Models whose version changed since the set froze their outputs."""
+    def stale_models(self, plan: Plan, read_by: list[str] | None = None) -> list[str]:
+        """Models whose version changed since the set froze their outputs (only those `read_by` the given
+        models through `features`, at any depth, when given)."""
+        wanted = None if read_by is None else _upstream_closure(plan, read_by)
         return sorted(n for n, v in self.meta.get("versions", {}).items()
-                      if n in plan.versions and plan.versions[n] != v)
+                      if n in plan.versions and plan.versions[n] != v and (wanted is None or n in wanted))
+
+
+def _upstream_closure(plan: Plan, names: list[str]) -> set[str]:
+    from modelstream.registry.graph import upstream_of
+
+    seen: set[str] = set()
+    todo = [u for n in names for u in upstream_of(plan.registry.models[n])]
+    while todo:
+        name = todo.pop()
+        if name not in seen and name in plan.registry.models:
+            seen.add(name)
+            todo.extend(upstream_of(plan.registry.models[name]))
+    return seen
 
 
 def load_set(db: Database, plan: Plan, name: str) -> ValidationSet:
@@ -122,13 +142,31 @@ def list_sets(db: Database, plan: Plan) -> list[dict]:
 # -- metrics over a validation set -----------------------------------------------------------------
 
 
-def retrieval_scores(doc_vectors, query_vectors, measure: str, fns: dict[str, Callable]) -> dict[str, float]:
-    """Query i should find document i: each metric gets (ranked document positions, i), averaged."""
+def retrieval_scores(doc_vectors, query_vectors, measure: str, fns: dict[str, Callable],
+                     relevant: list[frozenset] | None = None) -> dict[str, float]:
+    """Query i should find document i (or any of `relevant[i]`, positions of the documents that answer it):
+    each metric gets (ranked document positions, i or that set), averaged."""
     import torch
 
     similarity = measures.MEASURES[measure](doc_vectors, query_vectors).T  # queries x documents
     order = torch.argsort(similarity, dim=1, descending=True).tolist()
-    return {name: metrics.mean([fn(ranked, i) for i, ranked in enumerate(order)]) for name, fn in fns.items()}
+    truths = relevant if relevant is not None else range(len(order))
+    return {name: metrics.mean([fn(ranked, truth) for truth, ranked in zip(truths, order)])
+            for name, fn in fns.items()}
+
+
+def relevance(vset: ValidationSet, kept: list[dict]) -> list[frozenset] | None:
+    """For each kept record, the positions of the kept records with its `relevant_by` value (itself included)."""
+    from modelstream.daemon.documents import get_path
+
+    field = vset.meta.get("relevant_by")
+    if not field:
+        return None
+    keys = [repr(get_path(r, field)) for r in kept]
+    groups: dict[str, set[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, set()).add(i)
+    return [frozenset(groups[key]) for key in keys]
 
 
 def prediction_scores(predictions: list, truths: list, fns: dict[str, Callable]) -> dict[str, float]:
@@ -140,8 +178,10 @@ def metric_fns(names: list[str], plan: Plan) -> dict[str, Callable]:
     return {name: metrics.resolve(name, search) for name in names}
 
 
-def paired_inputs(specs: list, vset: ValidationSet, inputs: Inputs) -> tuple[list[list], int]:
-    """For each model, the input of every record where all of them have one; and how many were skipped."""
+def paired_inputs(specs: list, vset: ValidationSet, inputs: Inputs,
+                  kept: list[dict] | None = None) -> tuple[list[list], int]:
+    """For each model, the input of every record where all of them have one (those records appended to
+    `kept`); and how many were skipped."""
     columns: list[list] = [[] for _ in specs]
     skipped = 0
     for record in vset.records:
@@ -151,6 +191,8 @@ def paired_inputs(specs: list, vset: ValidationSet, inputs: Inputs) -> tuple[lis
             continue
         for column, value in zip(columns, values):
             column.append(value)
+        if kept is not None:
+            kept.append(record)
     return columns, skipped
 
 
@@ -190,7 +232,7 @@ def validate_index(db: Database, plan: Plan, index: str, set_name: str, metric_n
     result = {"kind": "index", "index": index, "query_model": query, "validation_set": set_name,
               "measure": spec.measure, "metrics": values["metrics"], "count": values["count"],
               "skipped": values["skipped"], "versions": {n: plan.versions[n] for n in names},
-              "stale_upstream": vset.stale_models(plan), "at": _now()}
+              "stale_upstream": vset.stale_models(plan, read_by=names), "at": _now()}
     if record:  # metric names may be import paths (dots): stored as a list, not as keys
         own_database(db, plan.registry)[METRICS].insert_one(
             {**result, "metrics": [{"metric": k, "value": v} for k, v in result["metrics"].items()]})
@@ -200,11 +242,13 @@ def validate_index(db: Database, plan: Plan, index: str, set_name: str, metric_n
 def validate_pair(plan: Plan, vset: ValidationSet, pair: list[Model], measure: str,
                   fns: dict[str, Callable]) -> dict:
     inputs = Inputs(plan)
-    (doc_values, query_values), skipped = paired_inputs([m.spec for m in pair], vset, inputs)
+    kept: list[dict] = []
+    (doc_values, query_values), skipped = paired_inputs([m.spec for m in pair], vset, inputs, kept)
     if not doc_values:
         raise ModelstreamError(f"no record of validation set {vset.meta['_id']!r} has inputs for both "
                                f"{pair[0].name!r} and {pair[1].name!r}",
                                hint="the set freezes stored outputs: run the daemon (or backfill) before "
                                     "creating it, and do not --split away a field the models read")
-    scores = retrieval_scores(vectors(pair[0], doc_values), vectors(pair[1], query_values), measure, fns)
+    scores = retrieval_scores(vectors(pair[0], doc_values), vectors(pair[1], query_values), measure, fns,
+                              relevance(vset, kept))
     return {"metrics": scores, "count": len(doc_values), "skipped": skipped}
