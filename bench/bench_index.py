@@ -10,9 +10,13 @@ Not a test: prints a table with ratios against targets. The sentences are SNLI s
   build      vectors/s adding in batches of 1,000: VectorIndex vs the raw FAISS index of that type
   recall@10  of hnsw and ivf against flat, on 1,000 held-out sentences
   socket     search by vector through `modelstream serve` with 1, 8, 32 concurrent clients:
-             p50/p99 latency and QPS, vs raw FAISS search in-process on the same vectors
+             p50/p99 latency and QPS, vs raw FAISS search in-process on the same vectors; the vector
+             sent as a JSON list of floats, and as a BSON float32 vector (Extended JSON $binary)
   restart    a 1M x 384 snapshot (synthetic vectors) loaded and searchable, in seconds
-  memory     process RSS growth holding the index vs raw FAISS holding the same vectors
+  memory     bytes of the index vs bytes of raw FAISS for the same vectors. Not RSS (the allocator
+             keeps freed pages, so deltas mislead): FAISS's serialized size for both, plus, for ours,
+             the `_id` maps (Python dicts, sys.getsizeof) and the in-memory reverse id map
+             (IndexIDMap2's or IVF's direct map, an unordered_map: ~40 B a vector, IDMAP_REVERSE_ENTRY_BYTES)
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from bson.binary import Binary, BinaryVectorDtype
 from modelstream.api.client import Client
 from modelstream.daemon.embedded import EmbeddedServer
 from modelstream.indexers import VectorIndex, load_snapshot, save_snapshot
+from modelstream.indexers.vector_index import IDMAP_REVERSE_ENTRY_BYTES
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"
@@ -47,9 +52,14 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def raw_bytes(index: faiss.Index) -> int:
+    return len(faiss.serialize_index(index))
+
+
+def our_bytes(index: VectorIndex) -> int:
+    """What our index holds for the same vectors: its FAISS index, the reverse id map FAISS does not
+    serialize, and the Python `_id` maps."""
+    return len(index.export_state()["faiss"]) + len(index) * IDMAP_REVERSE_ENTRY_BYTES + index.id_map_bytes()
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -90,11 +100,22 @@ def embeddings(n: int) -> np.ndarray:
     from modelstream.models.text import MiniLM
 
     texts = snli_sentences(n)
+    prefix = _cached_prefix(n)  # the sentences come in a fixed order: a smaller run's vectors are our first rows
     model = MiniLM()
-    parts = [model.forward(texts[i:i + 256]) for i in tqdm(range(0, n, 256), desc="embedding", unit="batch")]
+    parts = [prefix] + [model.forward(texts[i:i + 256])
+                        for i in tqdm(range(len(prefix), n, 256), desc="embedding", unit="batch")]
     vectors = np.vstack(parts).astype(np.float32)
     np.save(cached, vectors)
     return vectors
+
+
+def _cached_prefix(n: int) -> np.ndarray:
+    """The largest cached embedding of fewer than n sentences (embedding is the slow part: 10-20 min for 100k)."""
+    sizes = [int(p.stem.split("_")[1]) for p in CACHE.glob("minilm_*.npy") if p.stem.split("_")[1].isdigit()]
+    below = [k for k in sizes if k < n]
+    if not below:
+        return np.empty((0, 384), dtype=np.float32)
+    return np.load(CACHE / f"minilm_{max(below)}.npy")
 
 
 # -- build, recall, memory ---------------------------------------------------------------------------
@@ -118,20 +139,17 @@ def build_and_recall(base: np.ndarray, queries: np.ndarray) -> list[dict]:
     ids = [ObjectId() for _ in range(len(base))]
     rows, truth = [], None
     for kind in ("flat", "hnsw", "ivf"):
-        before = rss_mb()
         raw = raw_faiss(kind, base.shape[1], base)
         started = time.perf_counter()
         for i in range(0, len(base), 1000):
             raw.add(base[i:i + 1000])
         raw_rate = len(base) / (time.perf_counter() - started)
-        raw_mb = rss_mb() - before
-        before = rss_mb()
         index = VectorIndex(kind, "cosine", kind)
         started = time.perf_counter()
         for i in range(0, len(base), 1000):
             index.upsert(ids[i:i + 1000], base[i:i + 1000])
         rate = len(base) / (time.perf_counter() - started)
-        ours_mb = rss_mb() - before
+        ours_mb, raw_mb, status_mb = our_bytes(index) / 2**20, raw_bytes(raw) / 2**20, index.nbytes() / 2**20
         found = [{r[0] for r in index.search(q, 10)} for q in queries]
         if kind == "flat":
             truth = found
@@ -145,7 +163,7 @@ def build_and_recall(base: np.ndarray, queries: np.ndarray) -> list[dict]:
             raw.search(q[None, :], 10)
         raw_ms = 1000 * (time.perf_counter() - started) / len(queries)
         rows.append({"kind": kind, "rate": rate, "raw_rate": raw_rate, "recall": recall, "ms": ours_ms,
-                     "raw_ms": raw_ms, "mb": ours_mb, "raw_mb": raw_mb})
+                     "raw_ms": raw_ms, "mb": ours_mb, "raw_mb": raw_mb, "status_mb": status_mb})
         say(f"{kind}: built {rate:,.0f}/s (raw {raw_rate:,.0f}/s), recall@10 {recall:.3f}")
         del index, raw
     return rows
@@ -194,7 +212,8 @@ def socket_latency(base: np.ndarray, queries: np.ndarray, kind: str, seconds: fl
                     pass
                 time.sleep(0.5)
             say(f"socket ({kind}): daemon indexed {len(base):,} documents in {time.perf_counter() - started:.1f}s")
-            return [_load(sock, queries, clients, seconds) | {"clients": clients} for clients in (1, 8, 32)]
+            return [_load(sock, queries, clients, seconds, binary) | {"clients": clients, "binary": binary}
+                    for binary in (False, True) for clients in (1, 8, 32)]
         finally:
             if serve is not None:
                 serve.terminate()
@@ -202,11 +221,15 @@ def socket_latency(base: np.ndarray, queries: np.ndarray, kind: str, seconds: fl
             server.stop()
 
 
-def _load(sock: str, queries: np.ndarray, clients: int, seconds: float) -> dict:
+def _load(sock: str, queries: np.ndarray, clients: int, seconds: float, binary: bool = False) -> dict:
+    """`binary`: send each vector as a BSON float32 vector (Extended JSON $binary), not a list of floats."""
     latencies: list[float] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
-    lists = [q.tolist() for q in queries]
+    if binary:
+        lists = [Binary.from_vector(q.tolist(), BinaryVectorDtype.FLOAT32) for q in queries]
+    else:
+        lists = [q.tolist() for q in queries]
 
     def worker(offset: int) -> None:
         mine = []
@@ -271,18 +294,18 @@ def main() -> None:
 
     print(f"\nmodelstream index benchmark: {n:,} MiniLM sentence embeddings (d=384), 2 cores\n")
     print(f"{'type':<6} {'build/s':>10} {'raw/s':>10} {'ratio':>6} {'recall@10':>10} {'search ms':>10} "
-          f"{'raw ms':>8} {'MB':>7} {'raw MB':>7} {'mem ratio':>9}")
+          f"{'raw ms':>8} {'MB':>7} {'raw MB':>7} {'mem ratio':>9} {'status MB':>9}")
     for r in rows:
-        mem_ratio = r["mb"] / r["raw_mb"] if r["raw_mb"] > 0 else float("nan")
         print(f"{r['kind']:<6} {r['rate']:>10,.0f} {r['raw_rate']:>10,.0f} {r['rate'] / r['raw_rate']:>6.2f} "
-              f"{r['recall']:>10.3f} {r['ms']:>10.3f} {r['raw_ms']:>8.3f} {r['mb']:>7.0f} {r['raw_mb']:>7.0f} "
-              f"{mem_ratio:>9.2f}")
+              f"{r['recall']:>10.3f} {r['ms']:>10.3f} {r['raw_ms']:>8.3f} {r['mb']:>7.1f} {r['raw_mb']:>7.1f} "
+              f"{r['mb'] / r['raw_mb']:>9.2f} {r['status_mb']:>9.1f}")
+    print(f"(mem ratio target <= {TARGETS['memory']}x; status MB is the estimate `status` reports)")
     hnsw = next(r for r in rows if r["kind"] == "hnsw")
     print(f"\nsocket search (hnsw, by vector, n=10) vs raw FAISS hnsw in-process ({hnsw['raw_ms']:.3f} ms):")
-    print(f"{'clients':>8} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'p50 - raw':>10}")
+    print(f"{'vector as':>10} {'clients':>8} {'p50 ms':>8} {'p99 ms':>8} {'QPS':>8} {'p50 - raw':>10}")
     for r in socket_rows:
-        print(f"{r['clients']:>8} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['qps']:>8,.0f} "
-              f"{r['p50'] - hnsw['raw_ms']:>10.3f}")
+        print(f"{'$binary' if r['binary'] else 'floats':>10} {r['clients']:>8} {r['p50']:>8.3f} {r['p99']:>8.3f} "
+              f"{r['qps']:>8,.0f} {r['p50'] - hnsw['raw_ms']:>10.3f}")
     print(f"\nrestart: {restarted['n']:,} x 384 snapshot ({restarted['bytes'] / 2**30:.2f} GiB) written in "
           f"{restarted['save_s']:.1f}s, loaded and searchable in {restarted['load_s']:.1f}s")
     print("\ntargets: hnsw recall@10 >= {recall}; socket p50 <= raw + {socket_extra_ms} ms; >= {qps} QPS; "

@@ -6,7 +6,8 @@ import socket
 
 import numpy as np
 import pytest
-from bson import ObjectId
+from bson import Binary, ObjectId
+from bson.binary import BinaryVectorDtype
 
 from conftest import wait_until, write_registry
 from modelstream.content import vector_of
@@ -104,10 +105,12 @@ def test_search_by_field_id_and_vector(serve, db, store):
         by_field = c.search("letters", like={"text": "aaaa"}, n=2)
         by_id = c.search("letters", like={"_id": ids[1]}, n=1)
         by_vector = c.search("letters", vector=letters("cccc").tolist(), n=1)
+        by_binary = c.search("letters", vector=Binary.from_vector(letters("cccc").tolist(), BinaryVectorDtype.FLOAT32),
+                             n=1)  # the compact form: a BSON float32 vector as Extended JSON $binary
     assert [r["_id"] for r in by_field] == [ids[0], ids[3]]
     assert by_field[0]["score"] == pytest.approx(1.0, abs=1e-5)
     assert by_id[0]["_id"] != ids[1]  # the query document itself is left out
-    assert by_vector[0]["_id"] == ids[2]
+    assert by_vector[0]["_id"] == ids[2] and by_binary == by_vector
 
 
 def test_search_filter_and_project(serve, db, store):

@@ -152,3 +152,27 @@ def test_post_filter_over_a_whole_small_index_returns_every_match(db):
     index = build("hnsw", ids, vectors)
     result = FilteredSearch(random.Random(0)).search(index, db.docs, vectors[1], 10, {"half": True}, set())
     assert result.strategy == "post" and {d for d, _ in result.hits} == set(ids[0::2])
+
+
+def test_protocol_fast_path_writes_and_reads_what_bson_does():
+    """The plain-JSON fast path gives the same wire values as bson's json_util, Extended JSON included."""
+    import datetime
+    import json
+
+    from bson import Binary, Decimal128, Int64, ObjectId, json_util
+    from bson.binary import BinaryVectorDtype
+
+    from modelstream.api import protocol
+
+    value = {"oid": ObjectId(), "when": datetime.datetime(2020, 1, 2, tzinfo=datetime.timezone.utc),
+             "vector": Binary.from_vector([1.0, 2.5], BinaryVectorDtype.FLOAT32), "raw": b"abc",
+             "money": Decimal128("1.5"), "big": Int64(2**60), "nested": [{"x": ObjectId()}, (1, 2)],
+             "floats": [0.1, 1e-30, -2.0], "nan": float("nan"), "text": "é"}
+    line = protocol.encode(value)
+    expected = json_util.dumps(value, json_options=protocol.OPTIONS)
+    assert json.loads(line) == json.loads(expected)
+    decoded = protocol.decode(line)
+    assert decoded["oid"] == value["oid"] and decoded["vector"] == value["vector"] and decoded["when"] == value["when"]
+    assert protocol.decode(b'{"op": "search", "vector": [0.5, 1]}') == {"op": "search", "vector": [0.5, 1]}
+    with pytest.raises(ApiError):
+        protocol.decode(b'{"op": "search", "vector": [0.5, 1]')

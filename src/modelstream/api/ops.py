@@ -7,13 +7,14 @@ from typing import Any
 import time
 
 import numpy as np
+from bson import Binary
 from prometheus_client import generate_latest
 
 from modelstream.api.filtered_search import FilteredSearch
 from modelstream.content import ContentError, reader_for, to_stored, vector_of
 from modelstream.daemon.documents import id_key
 from modelstream.daemon.service import Daemon
-from modelstream.errors import ApiError
+from modelstream.errors import ApiError, ModelstreamError
 from modelstream.registry import BASE_KEY
 
 MAX_N = 10_000
@@ -25,7 +26,8 @@ class Operations:
         self.filtered = FilteredSearch()
         self.handlers = {"ping": self.ping, "search": self.search, "apply": self.apply,
                          "models": self.models, "status": self.status,
-                         "metrics": self.metrics, "retry": self.retry, "refresh": self.refresh}
+                         "metrics": self.metrics, "retry": self.retry, "refresh": self.refresh,
+                         "reload": self.reload, "train": self.train}
 
     def dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
@@ -44,6 +46,24 @@ class Operations:
             raise ApiError("not_found", f"no active model {name!r}",
                            hint=f"active models: {', '.join(m.name for m in self.daemon.plan.models_of_all())}")
         return {"job": self.daemon.refresh(name)}
+
+    def reload(self, request: dict) -> dict:
+        """Re-read the registry file, as SIGHUP does: validated now (errors come back), applied in the background."""
+        try:
+            return {"job": self.daemon.request_reload()}
+        except ModelstreamError as exc:
+            raise ApiError("bad_registry", str(exc), hint="fix the file; the running registry stays in force") \
+                from exc
+
+    def train(self, request: dict) -> dict:
+        """Run a registry training in the daemon's background; `apply: true` serves the best weights after."""
+        name = request.get("training")
+        if not isinstance(name, str):
+            raise ApiError("bad_request", "train needs `training`, the name of one of the registry's trainings")
+        try:
+            return {"job": self.daemon.train(name, bool(request.get("apply", False)))}
+        except ModelstreamError as exc:
+            raise ApiError("bad_request", exc.message, hint=exc.hint) from exc
 
     def retry(self, request: dict) -> dict:
         """Process the documents in the errors collection again (all, or one model's), now."""
@@ -129,9 +149,12 @@ class Operations:
         spec = self.daemon.plan.registry.indexes[index_name]
         vector, exclude = self._query_vector(spec, index, models, request)
         index.check_dim(vector)
-        # the user's documents, whatever the output store: filters and projections are over their fields
-        collection = self.daemon.db[self.daemon.plan.registry.models[spec.source_model].collection]
         query = request.get("filter")
+        project = request.get("project")
+        # the user's documents, whatever the output store: filters and projections are over their fields
+        # (looked up only when needed: a plain search should not build pymongo objects)
+        collection = self.daemon.db[self.daemon.plan.registry.models[spec.source_model].collection] \
+            if query is not None or project else None
         response: dict[str, Any] = {}
         if query is None:
             hits = index.search(vector, n + len(exclude))
@@ -143,17 +166,13 @@ class Operations:
             filtered = self.filtered.search(index, collection, vector, n, query, exclude)
             hits, response["filter_strategy"] = filtered.hits, filtered.strategy
         results = [{"_id": doc_id, "score": score} for doc_id, score in hits]
-        project = request.get("project")
         if project:
             self._project(collection, results, project)
         return {"results": results, "measure": index.measure, **response}
 
     def _query_vector(self, spec, index, models, request: dict) -> tuple[np.ndarray, set]:
         if "vector" in request:
-            try:
-                return np.asarray(request["vector"], dtype=np.float32).ravel(), set()
-            except (TypeError, ValueError) as exc:
-                raise ApiError("bad_request", f"vector must be a list of numbers: {exc}") from exc
+            return _request_vector(request["vector"]), set()
         like = request.get("like")
         if not isinstance(like, dict) or not like:
             raise ApiError("bad_request", "search needs `like` ({\"_id\": ...} or {field: value}) or `vector`")
@@ -181,3 +200,22 @@ class Operations:
         for result in results:
             doc = by_id.get(id_key(result["_id"]), {})
             result["document"] = {k: v for k, v in doc.items() if k != "_id"}
+
+
+def _request_vector(value: Any) -> np.ndarray:
+    """A list of numbers, or a BSON float32 binary vector (Extended JSON `$binary`, subType 09).
+
+    The binary form is what a fast client sends: decoding 384 floats from JSON text costs the
+    server more than the search itself.
+    """
+    if isinstance(value, Binary):
+        vector = vector_of(value)
+        if vector is None:
+            raise ApiError("bad_request", f"vector as binary must be a float32 vector (subType 09), not subType "
+                                          f"{value.subtype}", hint="bson.Binary.from_vector(values, "
+                                                                   "BinaryVectorDtype.FLOAT32)")
+        return vector
+    try:
+        return np.asarray(value, dtype=np.float32).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ApiError("bad_request", f"vector must be a list of numbers: {exc}") from exc

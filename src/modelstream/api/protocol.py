@@ -1,6 +1,10 @@
 """Wire format: one JSON object per line each way, the request's `id` echoed back.
 
 Values JSON lacks (ObjectId, dates, binary) travel as relaxed MongoDB Extended JSON.
+
+Both directions take a fast path through the standard `json` module when they can: bson's own
+`dumps` first walks the whole value converting it (every float of a 384-d vector, one by one), and
+its `loads` runs a hook on every object. The output and the decoded values are the same.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from bson import json_util
 from modelstream.errors import ApiError
 
 OPTIONS = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED, tz_aware=True)
+_EXTENDED_KEY = b'"$'  # every Extended JSON wrapper has a key starting with `$`
 
 
 def decode(line: bytes) -> dict[str, Any]:
     try:
-        request = json_util.loads(line.decode("utf-8"), json_options=OPTIONS)
+        if _EXTENDED_KEY in line:
+            request = json_util.loads(line.decode("utf-8"), json_options=OPTIONS)
+        else:  # plain JSON (a search by a list of floats): no per-object hook to run
+            request = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, TypeError) as exc:
         raise ApiError("bad_json", f"the line is not JSON: {exc}",
                        hint="send one JSON object per line, e.g. {\"id\": 1, \"op\": \"ping\"}") from exc
@@ -27,7 +35,15 @@ def decode(line: bytes) -> dict[str, Any]:
 
 
 def encode(response: dict[str, Any]) -> bytes:
-    return (json_util.dumps(response, json_options=OPTIONS) + "\n").encode("utf-8")
+    try:  # JSON's own types as they are; the encoder asks `_extended` only for the others (ObjectId, dates...)
+        text = json.dumps(response, default=_extended, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):  # NaN and infinities (Extended JSON has a form for them), unsupported types
+        text = json_util.dumps(response, json_options=OPTIONS)
+    return (text + "\n").encode("utf-8")
+
+
+def _extended(value: Any) -> Any:
+    return json_util.default(value, json_options=OPTIONS)  # raises TypeError for what bson cannot write either
 
 
 def error(request_id: Any, exc: ApiError) -> dict[str, Any]:

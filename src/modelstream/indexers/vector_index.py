@@ -76,6 +76,7 @@ class VectorIndex:
         self._lock = threading.RLock()
         self._rebuilding = False
         self._journal: list[tuple[str, list, np.ndarray | None]] | None = None  # mutations during a rebuild
+        self._plain_params: tuple[bool, Any] | None = None  # (trained, parameters) for searches without a selector
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -350,6 +351,13 @@ class VectorIndex:
         return [(self._id_of[int(ints[i])], self._score(float(scores[i]))) for i in top]
 
     def _search_params(self, selector: Any) -> Any:
+        if selector is None:  # the common case: one shared object (FAISS only reads it) instead of one per search
+            if self._plain_params is None or self._plain_params[0] != self._trained_ivf:  # IVF changes on training
+                self._plain_params = (self._trained_ivf, self._build_params(None))
+            return self._plain_params[1]
+        return self._build_params(selector)
+
+    def _build_params(self, selector: Any) -> Any:
         if self.kind == "hnsw":
             return faiss.SearchParametersHNSW(sel=selector, efSearch=self.params.ef_search)
         if self.kind == "ivf" and self._trained_ivf:
