@@ -301,3 +301,42 @@ def test_validation_validate_train_apply_end_to_end(tmp_path, mongo_server, db_n
 
     # the user's documents were only read: no `_fold`, nothing added or changed
     assert {d["_id"]: d for d in db.pairs.find()} == before_docs
+
+
+def test_daemon_trains_on_request_applies_and_recomputes(tmp_path, mongo_server, db_name, db, serve_factory,
+                                                         monkeypatch):
+    """`train --daemon --apply`: the daemon trains in its background, writes `weights:` into its registry and
+    reloads, so the projection's outputs are recomputed under the new version; `reload` of a bad file is
+    refused with the reason and changes nothing."""
+    from conftest import wait_until
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    from synthetic import documents
+
+    monkeypatch.setenv("PYTHONPATH", str(EXAMPLE))  # the daemon imports synthetic.py
+    path = write_registry(tmp_path, E2E, uri=mongo_server.uri, db=db_name)
+    db.pairs.insert_many(documents(n=600, dim=16, noise=0.3, seed=5))
+    serve = serve_factory(path)
+    wait_until(lambda: serve.status()["models"]["projection"]["done"] >= 600, 120, message="the first outputs")
+    assert cli("validation", "create", "v", "-c", str(path), "--collection", "pairs", "--sample", "100").returncode == 0
+    old_version = registry.load(path).versions["projection"]
+
+    trained = cli("train", "align", "-c", str(path), "--daemon", "--apply")
+    assert trained.returncode == 0, trained.stderr
+    assert "p_at_1: before" in trained.stdout and "reloaded" in trained.stdout
+    new_version = registry.load(path).versions["projection"]
+    assert new_version != old_version and registry.load(path).registry.models["projection"].weights
+
+    def recomputed() -> bool:
+        status = serve.status()
+        return (status["models"]["projection"]["version"] == new_version and status["phase"] == "streaming"
+                and all(j["state"] == "done" for j in status["jobs"]))
+    wait_until(recomputed, 120, message="the reload's recompute")
+    assert cli("verify", "-c", str(path)).returncode == 0  # every output is of the new version
+    [job] = [j for j in serve.status()["jobs"] if j["kind"] == "train"]
+    assert job["training"] == "align" and job["best"][0] > job["before"][0]
+
+    path.write_text(path.read_text().replace("collection: pairs", "collection: pairs\nbogus: 1"))
+    refused = cli("reload", "-c", str(path))
+    assert refused.returncode != 0 and "bogus" in refused.stderr
+    assert serve.status()["models"]["projection"]["version"] == new_version and serve.alive()

