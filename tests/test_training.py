@@ -86,6 +86,17 @@ def test_ranking_loss_by_hand():
     assert float(losses.ranking_loss(x, y)) == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-5)
 
 
+def test_ranking_loss_with_another_measure_and_a_user_measure(tmp_path):
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    # dot similarities [[2, 0], [0, 2]]: -log softmax of the diagonal = log(1 + e^-2) per row
+    loss = losses.resolve("ranking", [], measure=measures.resolve("dot"))
+    assert float(loss(x, y)) == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-5)
+    (tmp_path / "mymeasure.py").write_text("def neg_l1(x, y):\n    return -(x[:, None, :] - y[None, :, :]).abs().sum(-1)\n")
+    neg_l1 = measures.resolve("mymeasure:neg_l1", [tmp_path])
+    assert neg_l1(x, y).tolist() == [[-1.0, -2.0], [-4.0, -1.0]]
+
+
 def test_bce_with_pos_weight_by_hand():
     logits = torch.tensor([[0.0, 2.0]])
     target = torch.tensor([[1.0, 0.0]])
@@ -134,6 +145,8 @@ def test_trainings_parse(tmp_path):
     assert spec.models == ("projection", "query") and spec.trained == ("projection",)
     assert spec.loss == "ranking" and spec.metrics == ("p_at_10",) and spec.measure == "cosine"
     assert plan.registry.validation.ratio == 0.1
+    own = registry.load(write_registry(tmp_path, BASE, weights="", trainings=GOOD + "\n    measure: mine:sim"))
+    assert own.registry.trainings["align"].measure == "mine:sim"  # a user measure, imported when it trains
 
 
 def test_bad_training_spec_names_file_and_line(tmp_path):

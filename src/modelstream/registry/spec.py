@@ -128,7 +128,7 @@ class TrainingSpec:
     loss: str  # ranking, bce, autoregressive, or `module:attr`
     metrics: tuple[str, ...]  # p_at_K, jaccard, or `module:attr`
     validation_set: str
-    measure: str = "cosine"
+    measure: str = "cosine"  # cosine, dot, l2, or `module:function` (x, y) -> similarity matrix
     target: str | None = None
     pos_weight: Any = None  # bce: a number, a list (one per output), or "auto" (negatives/positives, train fold)
     lr: float = 0.001
@@ -430,6 +430,15 @@ def _weights(errors: _Errors, body: Located, where: str, folder: Path) -> tuple[
     return str(path), digest
 
 
+def _training_measure(errors: _Errors, body: Located, where: str) -> str:
+    """A built-in measure, or a user's `module:function` (x, y) -> similarity matrix (only trainings: an
+    index's measure must be one FAISS computes)."""
+    measure = body.get("measure", "cosine")
+    if isinstance(measure, str) and ":" in measure:
+        return measure
+    return errors.choice(body, "measure", MEASURES, where, "cosine")
+
+
 def _parse_trainings(errors: _Errors, section: Located, models: dict[str, ModelSpec]) -> dict[str, TrainingSpec]:
     trainings: dict[str, TrainingSpec] = {}
     for name, body in section.items():
@@ -502,7 +511,7 @@ def _parse_trainings(errors: _Errors, section: Located, models: dict[str, ModelS
         spec = TrainingSpec(
             name=str(name), kind=kind, models=tuple(names), use_grads=use_grads, loss=loss,
             metrics=tuple(metrics), validation_set=validation_set or "",
-            measure=errors.choice(body, "measure", MEASURES, where, "cosine"), target=target, pos_weight=pos_weight,
+            measure=_training_measure(errors, body, where), target=target, pos_weight=pos_weight,
             lr=float(errors.typed(body, "lr", (int, float), where, 0.001)),
             batch_size=errors.typed(body, "batch_size", (int,), where, 64),
             n_iterations=errors.typed(body, "n_iterations", (int,), where, 200),

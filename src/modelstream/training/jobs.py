@@ -39,7 +39,7 @@ from modelstream.errors import ConfigError, ConfigErrors, ModelstreamError
 from modelstream.registry import Model, Plan, load_models
 from modelstream.registry.models import _is_torch_module
 from modelstream.registry.spec import TrainingSpec
-from modelstream.training import losses, plots
+from modelstream.training import losses, measures, plots
 from modelstream.training.inputs import MISSING, Inputs, own_database, train_records
 from modelstream.training.validation import (
     METRICS, ValidationSet, load_set, metric_fns, paired_inputs, prediction_scores, validate_pair, vectors,
@@ -104,7 +104,7 @@ class Task:
         pos_weight = self.spec.pos_weight
         if pos_weight == "auto":
             pos_weight = losses.auto_pos_weight(self.targets.cpu()) if self.target is not None else None
-        return losses.resolve(self.spec.loss, search, pos_weight)
+        return losses.resolve(self.spec.loss, search, pos_weight, measures.resolve(self.spec.measure, search))
 
     def forward(self, index) -> list:
         outs = []
@@ -134,7 +134,9 @@ class Task:
             obj.eval()
         try:
             if self.spec.kind == "semantic_index":
-                result = validate_pair(self.plan, self.vset, self.sides, self.spec.measure, self.fns)
+                search = [self.plan.registry.folder.resolve(), Path.cwd()]
+                result = validate_pair(self.plan, self.vset, self.sides,
+                                       measures.resolve(self.spec.measure, search), self.fns)
                 return result["metrics"], result["count"]
             (values, truths), _ = paired_inputs([self.sides[0].spec, self.target.spec], self.vset, self.inputs)
             if not values:

@@ -8,17 +8,20 @@ and the target model's outputs.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def ranking_loss(x, y):
-    """Each row of x should be most similar (cosine) to the same row of y, among all rows of y."""
+def ranking_loss(x, y, measure: Callable | None = None):
+    """Each row of x should be most similar to the same row of y, among all rows of y, by `measure`
+    (cosine unless given): the softmax cross-entropy of the similarity matrix's diagonal."""
     import torch
 
-    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    y = y / y.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    similarities = x @ y.T
+    from modelstream.training.measures import cosine
+
+    similarities = (measure or cosine)(x, y)
     return -torch.nn.functional.log_softmax(similarities, dim=1).diag().mean()
 
 
@@ -53,9 +56,9 @@ def auto_pos_weight(targets) -> list[float]:
     return torch.where(positives > 0, negatives / positives.clamp_min(1), torch.ones_like(positives)).tolist()
 
 
-def resolve(name: str, search: list[Path], pos_weight: Any = None):
+def resolve(name: str, search: list[Path], pos_weight: Any = None, measure: Callable | None = None):
     if name == "ranking":
-        return ranking_loss
+        return ranking_loss if measure is None else functools.partial(ranking_loss, measure=measure)
     if name == "bce":
         return bce_loss(pos_weight)
     if name == "autoregressive":

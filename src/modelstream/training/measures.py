@@ -1,7 +1,13 @@
-"""Similarity between two batches of vectors: a matrix, higher means closer (as the index's `measure`)."""
+"""Similarity between two batches of vectors: a matrix, higher means closer (as the index's `measure`).
+
+A training may name its own: `measure: module:function`, called with (x, y) batches, returning the
+len(x) x len(y) similarity matrix as a tensor (the ranking loss and P@k read it).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -31,3 +37,15 @@ def l2(x: Any, y: Any):
 
 
 MEASURES = {"cosine": cosine, "dot": dot, "l2": l2}
+
+
+def resolve(name: str | Callable, search: list[Path] | None = None) -> Callable:
+    """A measure by name (cosine, dot, l2) or import path `module:function` (a class: instantiated)."""
+    if callable(name):
+        return name
+    if name in MEASURES:
+        return MEASURES[name]
+    from modelstream.registry.models import import_path
+
+    target = import_path(name, search or [])
+    return target() if isinstance(target, type) else target

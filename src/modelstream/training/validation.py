@@ -142,13 +142,13 @@ def list_sets(db: Database, plan: Plan) -> list[dict]:
 # -- metrics over a validation set -----------------------------------------------------------------
 
 
-def retrieval_scores(doc_vectors, query_vectors, measure: str, fns: dict[str, Callable],
+def retrieval_scores(doc_vectors, query_vectors, measure: str | Callable, fns: dict[str, Callable],
                      relevant: list[frozenset] | None = None) -> dict[str, float]:
     """Query i should find document i (or any of `relevant[i]`, positions of the documents that answer it):
     each metric gets (ranked document positions, i or that set), averaged."""
     import torch
 
-    similarity = measures.MEASURES[measure](doc_vectors, query_vectors).T  # queries x documents
+    similarity = measures.resolve(measure)(doc_vectors, query_vectors).T  # queries x documents
     order = torch.argsort(similarity, dim=1, descending=True).tolist()
     truths = relevant if relevant is not None else range(len(order))
     return {name: metrics.mean([fn(ranked, truth) for truth, ranked in zip(truths, order)])
@@ -239,7 +239,7 @@ def validate_index(db: Database, plan: Plan, index: str, set_name: str, metric_n
     return result
 
 
-def validate_pair(plan: Plan, vset: ValidationSet, pair: list[Model], measure: str,
+def validate_pair(plan: Plan, vset: ValidationSet, pair: list[Model], measure: str | Callable,
                   fns: dict[str, Callable]) -> dict:
     inputs = Inputs(plan)
     kept: list[dict] = []
