@@ -169,3 +169,23 @@ def test_captioner_trains_and_its_new_version_writes_true_captions(tmp_path, mon
     held_out = {d["_id"] for d in db["_modelstream.validation.v"].find({}, {"_id": 1})}
     right = [d["_outputs"]["x"]["captioner"] == d["caption"] for d in db.things.find({"_id": {"$in": list(held_out)}})]
     assert len(right) == 60 and sum(right) >= 54
+
+
+def test_scenes_example_attributes_metric_and_registry(tmp_path, monkeypatch):
+    """The scenes example: its user metric by hand, its renderer deterministic, its registry valid."""
+    scenes_dir = TESTS.parent / "examples" / "scenes"
+    monkeypatch.syspath_prepend(str(scenes_dir))
+    import scenes
+
+    assert scenes.attributes("there is a large blue star in the centre") == {"large", "blue", "star", "middle"}
+    assert scenes.attributes_named("a small blue star on the left", "a large blue star in the centre") == 0.5
+    assert scenes.attributes_named(["star", "middle"], ["middle", "star", "picture"]) == 1.0
+    first, again = scenes.documents(5, seed=1), scenes.documents(5, seed=1)
+    assert [d["caption"] for d in first] == [d["caption"] for d in again]
+    assert all(scenes.attributes(d["caption"]) == set(d["scene"].split()) for d in scenes.documents(60))
+    (tmp_path / "vocab.txt").write_text("a\nred\ncircle\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODELSTREAM_MONGODB_URI", "mongodb://127.0.0.1:1")
+    checked = cli("check", "-c", str(scenes_dir / "registry.yaml"))
+    assert checked.returncode == 0, checked.stderr
+    assert "8 models" in checked.stdout
