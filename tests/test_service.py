@@ -417,3 +417,26 @@ def test_client_reopens_a_connection_the_daemon_closed_while_idle(tmp_path, mong
         time.sleep(0.2)  # the client's connection is older than the probe's: it was closed first
         assert client.ping() is True
         assert client._sock is not first
+
+
+def test_first_sigterm_waits_for_the_batch_in_hand_second_exits_at_once(tmp_path, mongo_server, db_name, db,
+                                                                        serve_factory, monkeypatch):
+    """SIGTERM while a model holds a batch: the daemon waits for it (still alive); a second SIGTERM ends it at
+    once (128 + 15), and no resume point covers the unfinished batch, so a restart computes it."""
+    marker = tmp_path / "hold"
+    marker.touch()
+    monkeypatch.setenv("HOLD_MARKER_FILE", str(marker))
+    serve = serve_factory(registry(tmp_path, mongo_server, db_name,
+                                   extra='  hold: {object: "toymodels:hold", collection: docs, key: text}'))
+    _streaming(serve)
+    db.docs.insert_many([{"text": f"held {i}"} for i in range(3)])
+    wait_until(lambda: serve.status()["models"].get("hold", {}).get("in_progress"), message="hold blocks")
+    serve.process.send_signal(signal.SIGTERM)
+    wait_until(lambda: serve.log_events("stopping: finishing the batch in hand"), message="the first signal")
+    assert serve.alive()  # finishing the batch in hand: the model still holds it
+    serve.process.send_signal(signal.SIGTERM)
+    assert serve.process.wait(30) == 128 + signal.SIGTERM
+    marker.unlink()
+    serve.start()
+    wait_until(lambda: db.docs.count_documents({"_outputs.text.hold": {"$exists": True}}) == 3,
+               message="the unfinished batch computed after the restart")
