@@ -305,20 +305,27 @@ def _table(text: str, header: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_lag_counts_events_received_but_not_yet_applied(tmp_path, mongo_server, db_name, db, serve_factory,
-                                                        monkeypatch):
-    """While a model holds a batch, status and /metrics count every event received and not applied (in
-    hand, read ahead) and the seconds behind grow; once it lets go, the lag drains to 0."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+def _holding(tmp_path, mongo_server, db_name, db, serve_factory, monkeypatch, prefix: str, count: int):
+    """A daemon whose `hold` model blocks on the first batch of `count` new documents until `marker` goes:
+    (serve, marker, documents in the model now)."""
     marker = tmp_path / "hold"
     marker.touch()
     monkeypatch.setenv("HOLD_MARKER_FILE", str(marker))
     serve = serve_factory(registry(tmp_path, mongo_server, db_name,
                                    extra='  hold: {object: "toymodels:hold", collection: docs, key: text}'))
     _streaming(serve)
-    db.docs.insert_many([{"text": f"first {i}"} for i in range(5)])
+    db.docs.insert_many([{"text": f"{prefix} {i}"} for i in range(count)])
     held = wait_until(lambda: serve.status()["models"].get("hold", {}).get("in_progress"), message="hold blocks")
+    return serve, marker, held
+
+
+def test_lag_counts_events_received_but_not_yet_applied(tmp_path, mongo_server, db_name, db, serve_factory,
+                                                        monkeypatch):
+    """While a model holds a batch, status and /metrics count every event received and not applied (in
+    hand, read ahead) and the seconds behind grow; once it lets go, the lag drains to 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    serve, marker, held = _holding(tmp_path, mongo_server, db_name, db, serve_factory, monkeypatch, "first", 5)
     assert 1 <= held <= 5
     db.docs.insert_many([{"text": f"then {i}"} for i in range(3)])
     status = wait_until(lambda: (s := serve.status())["lag_events"] == 8 and s, message="lag of 8 events")
@@ -423,14 +430,7 @@ def test_first_sigterm_waits_for_the_batch_in_hand_second_exits_at_once(tmp_path
                                                                         serve_factory, monkeypatch):
     """SIGTERM while a model holds a batch: the daemon waits for it (still alive); a second SIGTERM ends it at
     once (128 + 15), and no resume point covers the unfinished batch, so a restart computes it."""
-    marker = tmp_path / "hold"
-    marker.touch()
-    monkeypatch.setenv("HOLD_MARKER_FILE", str(marker))
-    serve = serve_factory(registry(tmp_path, mongo_server, db_name,
-                                   extra='  hold: {object: "toymodels:hold", collection: docs, key: text}'))
-    _streaming(serve)
-    db.docs.insert_many([{"text": f"held {i}"} for i in range(3)])
-    wait_until(lambda: serve.status()["models"].get("hold", {}).get("in_progress"), message="hold blocks")
+    serve, marker, _ = _holding(tmp_path, mongo_server, db_name, db, serve_factory, monkeypatch, "held", 3)
     serve.process.send_signal(signal.SIGTERM)
     wait_until(lambda: serve.log_events("stopping: finishing the batch in hand"), message="the first signal")
     assert serve.alive()  # finishing the batch in hand: the model still holds it
