@@ -237,7 +237,7 @@ def _load(sock: str, queries: np.ndarray, clients: int, seconds: float, binary: 
             i = offset
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
-                c.search("vec", vector=lists[i % len(lists)], n=10)
+                c.request("search", index="vec", vector=lists[i % len(lists)], n=10)  # as given: floats or binary
                 mine.append(time.perf_counter() - started)
                 i += 1
         with lock:

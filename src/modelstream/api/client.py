@@ -85,9 +85,13 @@ class Client:
     def ping(self) -> bool:
         return self.request("ping")["pong"]
 
-    def search(self, index: str | None = None, *, like: dict | None = None, vector: list | None = None,
+    def search(self, index: str | None = None, *, like: dict | None = None, vector: Any = None,
                n: int = 10, filter: dict | None = None, project: list | None = None) -> list[dict]:
+        """`vector`: a list of numbers or an array; it travels as a BSON float32 binary vector (Extended JSON
+        `$binary`), which the daemon decodes far faster than a list of floats in JSON text."""
         fields: dict[str, Any] = {"n": n}
+        if vector is not None:
+            vector = _binary_vector(vector)
         for key, value in (("index", index), ("like", like), ("vector", vector), ("filter", filter),
                            ("project", project)):
             if value is not None:
@@ -110,3 +114,16 @@ def _error_code(line: bytes) -> str | None:
     except ApiError:
         return None
     return (response.get("error") or {}).get("code") if response.get("id") is None else None
+
+
+def _binary_vector(vector: Any) -> Any:
+    from bson.binary import Binary, BinaryVectorDtype
+
+    if isinstance(vector, Binary):
+        return vector
+    import numpy as np
+
+    values = np.asarray(vector, dtype=np.float32).ravel()
+    if not np.isfinite(values).all():
+        return vector  # as given: the daemon names what is wrong with it
+    return Binary.from_vector(values.tolist(), BinaryVectorDtype.FLOAT32)
