@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import struct
+import threading
+
+import bson
+import faiss
 import numpy as np
 import pytest
 from bson import ObjectId
 
-from modelstream.indexers import VectorIndex
+from modelstream.indexers import IndexParams, VectorIndex, vector_index
 
 
 @pytest.fixture
@@ -199,3 +204,148 @@ def test_corrupt_or_mismatched_snapshot_is_refused(tmp_path, vectors):
     path.write_bytes(path.read_bytes()[:100])
     fresh = VectorIndex("s", "cosine")
     assert load_snapshot(fresh, path, "v1") is None and len(fresh) == 0
+
+
+# -- IVF retraining as the index grows ------------------------------------------------------------------
+
+EVERY_LIST = IndexParams(nprobe=1 << 16)  # FAISS caps nprobe at nlist: every search probes every list (exact)
+
+
+def _grow(index, mirror, data, start, stop, batch=500):
+    """Upsert rows [start, stop) in batches, letting each background retrain finish before the next batch."""
+    for at in range(start, stop, batch):
+        rows = range(at, min(at + batch, stop))
+        index.upsert(list(rows), data[rows.start:rows.stop])
+        mirror.upsert(list(rows), data[rows.start:rows.stop])
+        assert index.wait_rebuilt(timeout=60)
+
+
+def _assert_same_as_flat(index, flat, queries, k=10):
+    """Same ids, and (probing every list) the same nearest neighbours and scores as the exact index."""
+    assert sorted(index.ids()) == sorted(flat.ids())
+    for q in queries:
+        found, truth = index.search(q, k), flat.search(q, k)
+        assert [i for i, _ in found] == [i for i, _ in truth]
+        # abs: FAISS's flat L2 expands |x-y|^2, so a self-distance is sqrt(rounding), ~0.002
+        assert [s for _, s in found] == pytest.approx([s for _, s in truth], abs=5e-3)
+
+
+@pytest.fixture
+def growing():
+    return np.random.default_rng(7).normal(size=(13000, 16)).astype(np.float32)
+
+
+@pytest.mark.parametrize("measure", ["l2", "cosine"])
+def test_ivf_retrains_when_it_outgrows_its_lists(growing, measure):
+    """Trained small, grown 4x past that: retrained with more lists, every vector kept, answers exact."""
+    index, flat = VectorIndex("i", measure, "ivf", EVERY_LIST), VectorIndex("f", measure)
+    _grow(index, flat, growing, 0, 3000)
+    first_nlist, first_size = index.nlist, index.trained_size
+    assert first_nlist > 0 and first_size <= 3000
+    _grow(index, flat, growing, 3000, vector_index.IVF_RETRAIN_GROWTH * first_size - 500)
+    assert (index.nlist, index.trained_size) == (first_nlist, first_size)  # not yet 4x: no retrain
+    _grow(index, flat, growing, vector_index.IVF_RETRAIN_GROWTH * first_size - 500, 13000)
+    assert index.nlist > first_nlist and index.trained_size >= vector_index.IVF_RETRAIN_GROWTH * first_size
+    assert len(index) == 13000 and index._index.ntotal == 13000
+    _assert_same_as_flat(index, flat, growing[::1300])
+    serialized = faiss.serialize_index(index._index).nbytes  # vectors, ids and centroids, no direct map
+    assert serialized <= index.faiss_bytes() <= serialized + 13000 * vector_index.IDMAP_REVERSE_ENTRY_BYTES
+
+
+def _hold_background_builds(index, monkeypatch):
+    """Make the rebuild thread signal `started` once it has copied the vectors, then wait for `go`."""
+    started, go = threading.Event(), threading.Event()
+    build = index._new_faiss
+
+    def held_build(dim, training=None):  # only a background rebuild runs off the main thread
+        if threading.current_thread() is not threading.main_thread():
+            started.set()
+            assert go.wait(timeout=60)
+        return build(dim, training)
+
+    monkeypatch.setattr(index, "_new_faiss", held_build)
+    return started, go
+
+
+def test_a_retrain_outgrown_while_it_ran_is_followed_by_another(monkeypatch):
+    """Writes during a retrain that reach 4x its size start the next retrain as it ends, not at the next write."""
+    data = np.random.default_rng(8).normal(size=(41000, 8)).astype(np.float32)
+    index, flat = VectorIndex("i", "l2", "ivf", EVERY_LIST), VectorIndex("f", "l2")
+    _grow(index, flat, data, 0, 2500)
+    trigger = vector_index.IVF_RETRAIN_GROWTH * index.trained_size
+    started, go = _hold_background_builds(index, monkeypatch)
+    for target in (index, flat):
+        target.upsert(list(range(2500, trigger)), data[2500:trigger])  # the retrain starts, and is held
+    assert started.wait(timeout=60)
+    for target in (index, flat):
+        target.upsert(list(range(trigger, 41000)), data[trigger:])  # 4x the held retrain's size: outgrown
+    go.set()
+    assert index.wait_rebuilt(timeout=120)  # waits for the follow-up too
+    assert index.trained_size == 41000 and len(index) == 41000
+    _assert_same_as_flat(index, flat, data[::4100])
+
+
+@pytest.mark.parametrize("under_lock", [0, vector_index.JOURNAL_REPLAY_UNDER_LOCK])  # 0: replayed outside the lock
+def test_writes_during_a_retrain_are_kept(growing, monkeypatch, under_lock):
+    """Adds, replaces and removes made while the retrain runs: searched at once, and all in the new index."""
+    monkeypatch.setattr(vector_index, "JOURNAL_REPLAY_UNDER_LOCK", under_lock)
+    index, flat = VectorIndex("i", "l2", "ivf", EVERY_LIST), VectorIndex("f", "l2")
+    _grow(index, flat, growing, 0, 3000)
+    old_nlist, trigger = index.nlist, vector_index.IVF_RETRAIN_GROWTH * index.trained_size
+    started, go = _hold_background_builds(index, monkeypatch)
+    _grow(index, flat, growing, 3000, trigger - 500)
+    index.upsert(list(range(trigger - 500, trigger)), growing[trigger - 500:trigger])
+    flat.upsert(list(range(trigger - 500, trigger)), growing[trigger - 500:trigger])
+    assert started.wait(timeout=60)  # the retrain has copied the vectors and is held before training
+
+    more = range(trigger, trigger + 700)
+    for target in (index, flat):
+        target.upsert(list(more), growing[more.start:more.stop])  # new documents
+        target.upsert([5, 6], growing[[12000, 12001]])  # replaced vectors
+        target.remove(list(range(100, 400)) + [trigger + 3])  # old and new documents removed
+    assert index.nlist == old_nlist  # still the old index, with every write already visible
+    assert index.search(growing[12000], 1)[0][0] in (5, 12000)
+    assert 150 not in [i for i, _ in index.search(growing[150], 5)]
+
+    go.set()
+    assert index.wait_rebuilt(timeout=60)
+    assert index.nlist > old_nlist and len(index) == len(flat) == index._index.ntotal == trigger + 700 - 301
+    _assert_same_as_flat(index, flat, growing[[5, 6, 150, trigger + 3, trigger + 10, 12000, 12500]])
+
+
+def test_retrained_snapshot_round_trips_and_old_snapshots_still_load(tmp_path, growing):
+    """A retrained index loads back as it was; a snapshot without its trained size loads and retrains."""
+    from modelstream.indexers import load_snapshot, save_snapshot
+    from modelstream.indexers.snapshot import MAGIC
+
+    index, flat = VectorIndex("s", "cosine", "ivf", EVERY_LIST), VectorIndex("f", "cosine")
+    _grow(index, flat, growing, 0, 13000)
+    path = tmp_path / "s.snapshot"
+    save_snapshot(index, path, "v1")
+    loaded = VectorIndex("s", "cosine", "ivf", EVERY_LIST)
+    assert load_snapshot(loaded, path, "v1") is not None and loaded.wait_rebuilt(timeout=0)  # nothing to redo
+    assert (loaded.nlist, loaded.trained_size) == (index.nlist, index.trained_size)
+    _assert_same_as_flat(loaded, flat, growing[::1300])
+
+    first = VectorIndex("s", "cosine", "ivf", EVERY_LIST)  # an index that trained once, at its first threshold
+    _grow(first, flat, growing, 0, 3000)
+    first._maybe_retrain_ivf = lambda: None  # grown as the code before retraining did
+    first.upsert(list(range(3000, 13000)), growing[3000:])
+    save_snapshot(first, path, "v1")
+    raw = path.read_bytes()
+    (size,) = struct.unpack("<Q", raw[8:16])
+    meta = bson.decode(raw[16:16 + size])
+    del meta["trained_size"]  # as written before retraining existed
+    header = bson.encode(meta)
+    path.write_bytes(MAGIC + struct.pack("<Q", len(header)) + header + raw[16 + size:])
+    old = VectorIndex("s", "cosine", "ivf", EVERY_LIST)
+    assert load_snapshot(old, path, "v1") is not None and old.wait_rebuilt(timeout=60)
+    assert old.nlist > first.nlist and old.trained_size == 13000
+    _assert_same_as_flat(old, flat, growing[::1300])
+
+
+def test_pinned_nlist_is_never_retrained(growing):
+    """A registry that sets nlist keeps it however large the index grows."""
+    index, flat = VectorIndex("p", "l2", "ivf", IndexParams(nlist=32)), VectorIndex("f", "l2")
+    _grow(index, flat, growing, 0, 13000)
+    assert index.nlist == 32 and index.trained_size < 13000 / vector_index.IVF_RETRAIN_GROWTH

@@ -51,6 +51,7 @@ def save_snapshot(index: VectorIndex, path: Path, model_version: str, resume_tok
     meta = {
         "identity": identity(index, model_version),
         "dim": state["dim"], "next": state["next"], "trained_ivf": state["trained_ivf"],
+        "trained_size": state["trained_size"],
         "ints": state["ints"].tobytes(), "dead": state["dead"].tobytes(), "ids": _pack_ids(state["ids"]),
         "resume_token": resume_token,
     }
@@ -95,6 +96,7 @@ def load_snapshot(index: VectorIndex, path: Path, model_version: str) -> dict[st
         index.import_state({
             "faiss": np.frombuffer(body, dtype=np.uint8) if body else None,
             "dim": meta["dim"], "next": meta["next"], "trained_ivf": meta["trained_ivf"],
+            "trained_size": meta.get("trained_size"),  # absent from snapshots written before IVF retrained
             "ints": np.frombuffer(meta["ints"], dtype=np.int64), "dead": np.frombuffer(meta["dead"], dtype=np.int64),
             "ids": _unpack_ids(meta["ids"]),
         })

@@ -4,9 +4,11 @@ FAISS wants int64 ids; documents have ObjectIds (or any BSON value). The index k
 map and gives every stored vector a fresh int, so a replace is "retire the old int, add a new
 one" for every index type. Flat and IVF remove retired ints at once; HNSW cannot remove, so
 retired ints become tombstones that searches skip, and a background rebuild clears them when
-they pass a threshold. Every mutation and search holds one lock (a search never sees a
-half-applied batch); a rebuild copies the live vectors under the lock, builds outside it, and
-swaps in under it again, replaying what changed meanwhile.
+they pass a threshold. IVF trains once it has enough vectors, with nlist fitted to that size;
+when it has grown IVF_RETRAIN_GROWTH times past the size it was trained at, the same background
+rebuild retrains it with an nlist fitted to the new size. Every mutation and search holds one
+lock (a search never sees a half-applied batch); a rebuild copies the live vectors under the
+lock, builds outside it, and swaps in under it again, replaying what changed meanwhile.
 
 Searching within a set of allowed ids (pre-filtering) scores small sets exactly: HNSW and IVF
 with a narrow selector run out of allowed neighbours and return fewer than n.
@@ -35,6 +37,13 @@ TOMBSTONE_REBUILD_MIN = 1000
 EXACT_ALLOWED_MAX = 4096  # allowed sets up to this size are scored exactly (a few ms), never by the graph
 EXACT_CHUNK = 8192  # vectors reconstructed at once when scoring exactly (bounds the temporary copy)
 IDMAP_REVERSE_ENTRY_BYTES = 40  # IndexIDMap2's std::unordered_map: a 24-byte node, malloc rounding, a bucket
+JOURNAL_REPLAY_UNDER_LOCK = 4  # writes made during a rebuild: at most this many batches are replayed under the lock
+JOURNAL_CATCH_UP_ROUNDS = 8  # replays outside the lock before the rest is replayed under it, however long
+# Retrain an auto-nlist IVF index once it holds this many times the vectors it was trained on. With
+# nprobe fixed and nlist ~ 4*sqrt(n), a search costs nlist + nprobe*n/nlist; at k times the trained
+# size that is (1+k)/(2*sqrt(k)) of a freshly trained index's: 1.25x at 4x, 1.74x at 10x (and k times
+# while nlist is n/39). Growing geometrically, all retrains together cost under 4/3 of the last one.
+IVF_RETRAIN_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -69,12 +78,15 @@ class VectorIndex:
         self.dim: int | None = None
         self._index: Any = None
         self._trained_ivf = False
+        self._trained_size = 0  # live vectors when the IVF index was last trained
         self._int_of: dict[Hashable, int] = {}
         self._id_of: dict[int, Any] = {}
         self._dead: set[int] = set()  # HNSW tombstones
         self._next = 0
         self._lock = threading.RLock()
         self._rebuilding = False
+        self._rebuild_done = threading.Condition(self._lock)
+        self._generation = 0  # bumped when the index is replaced wholesale: a rebuild of the old one is dropped
         self._journal: list[tuple[str, list, np.ndarray | None]] | None = None  # mutations during a rebuild
         self._plain_params: tuple[bool, Any] | None = None  # (trained, parameters) for searches without a selector
 
@@ -106,7 +118,8 @@ class VectorIndex:
             if self.kind == "hnsw":
                 per_vector += self.params.m * 2 * 4 + 4 + 8 * 2  # level-0 neighbours, its level, offsets
             per_vector += IDMAP_REVERSE_ENTRY_BYTES  # IDMap2's reverse map, or IVF's hashtable direct map
-            return n * per_vector
+            centroids = self._index.nlist * dim * 4 if self._trained_ivf else 0  # the coarse quantizer
+            return n * per_vector + centroids
 
     def id_map_bytes(self) -> int:
         """The Python side: two dicts between `_id`s and FAISS ints, and the objects they hold.
@@ -125,6 +138,23 @@ class VectorIndex:
         with self._lock:
             return len(self._dead)
 
+    @property
+    def nlist(self) -> int:
+        """The trained IVF index's list count; 0 while untrained or for other kinds."""
+        with self._lock:
+            return self._index.nlist if self._trained_ivf else 0
+
+    @property
+    def trained_size(self) -> int:
+        """Live vectors the IVF index was last trained on; 0 while untrained."""
+        with self._lock:
+            return self._trained_size
+
+    def wait_rebuilt(self, timeout: float | None = None) -> bool:
+        """Block until no background rebuild or retrain is running; False if `timeout` passed first."""
+        with self._rebuild_done:
+            return self._rebuild_done.wait_for(lambda: not self._rebuilding, timeout)
+
     # -- building --------------------------------------------------------------------------------
 
     def _metric(self) -> int:
@@ -137,7 +167,7 @@ class VectorIndex:
             inner.hnsw.efSearch = self.params.ef_search
             return faiss.IndexIDMap2(inner)
         if self.kind == "ivf" and training is not None:
-            nlist = self.params.nlist or max(1, min(int(4 * np.sqrt(len(training))), len(training) // 39))
+            nlist = self._nlist_for(len(training))
             quantizer = faiss.IndexFlatL2(dim) if self.measure == "l2" else faiss.IndexFlatIP(dim)
             ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, self._metric())
             ivf.train(training)
@@ -146,6 +176,10 @@ class VectorIndex:
             return ivf
         inner = faiss.IndexFlatL2(dim) if self.measure == "l2" else faiss.IndexFlatIP(dim)
         return faiss.IndexIDMap2(inner)
+
+    def _nlist_for(self, n: int) -> int:
+        """The registry's nlist if it pins one; else about 4*sqrt(n), at least 39 vectors a list (FAISS's minimum)."""
+        return self.params.nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
 
     def _ivf_train_size(self) -> int:
         return max(256, 39 * (self.params.nlist or 64))
@@ -198,6 +232,7 @@ class VectorIndex:
                 self._journal.append(("add", ints.tolist(), matrix))
             if self.kind == "ivf" and not self._trained_ivf and len(self._id_of) >= self._ivf_train_size():
                 self._train_ivf()
+            self._maybe_retrain_ivf()
 
     def remove(self, doc_ids: Iterable[Any]) -> int:
         with self._lock:
@@ -223,7 +258,8 @@ class VectorIndex:
 
     def clear(self) -> None:
         with self._lock:
-            self._index, self.dim, self._trained_ivf = None, None, False
+            self._index, self.dim, self._trained_ivf, self._trained_size = None, None, False, 0
+            self._generation += 1
             self._int_of.clear()
             self._id_of.clear()
             self._dead.clear()
@@ -232,43 +268,101 @@ class VectorIndex:
         ints = np.fromiter(self._id_of.keys(), dtype=np.int64, count=len(self._id_of))
         if len(ints) == 0:
             return ints, np.zeros((0, self.dim or 0), dtype=np.float32)
-        return ints, np.vstack([self._index.reconstruct(int(i)) for i in ints])
+        return ints, self._index.reconstruct_batch(ints)  # one call: this runs under the lock
 
     def _train_ivf(self) -> None:
         """IVF needs training data: it stays flat until there is enough, then trains once on what it has."""
         ints, matrix = self._live_matrix()
         index = self._new_faiss(self.dim, training=matrix)
         index.add_with_ids(matrix, ints)
-        self._index, self._trained_ivf = index, True
+        self._index, self._trained_ivf, self._trained_size = index, True, len(ints)
         logger.info("ivf trained", index=self.name, vectors=len(ints), nlist=index.nlist)
+
+    def _maybe_retrain_ivf(self) -> None:
+        """Retrain in the background once the index outgrew its lists (only an automatic nlist changes)."""
+        if not self._trained_ivf or self._rebuilding or self.params.nlist:
+            return
+        size = len(self._id_of)
+        if size >= IVF_RETRAIN_GROWTH * self._trained_size and self._nlist_for(size) > self._index.nlist:
+            self._start_rebuild("ivf outgrew its lists", trained_size=self._trained_size, nlist=self._index.nlist)
 
     def _maybe_rebuild(self) -> None:
         dead = len(self._dead)
         if self._rebuilding or dead < TOMBSTONE_REBUILD_MIN or dead < TOMBSTONE_REBUILD_FRACTION * self._index.ntotal:
             return
+        self._start_rebuild("tombstones", tombstones=dead)
+
+    def _start_rebuild(self, reason: str, **facts: Any) -> None:
+        """Copy the live vectors (under the lock) and build a fresh index from them on a thread."""
         self._rebuilding = True
         ints, matrix = self._live_matrix()
         self._journal = []
-        threading.Thread(target=self._rebuild, args=(ints, matrix), name=f"rebuild-{self.name}", daemon=True).start()
+        logger.info("index rebuild started", index=self.name, reason=reason, vectors=len(ints), **facts)
+        training = matrix if self._trained_ivf else None  # a trained IVF index retrains on every live vector
+        threading.Thread(target=self._rebuild, args=(ints, matrix, training, self._generation),
+                         name=f"rebuild-{self.name}", daemon=True).start()
 
-    def _rebuild(self, ints: np.ndarray, matrix: np.ndarray) -> None:
-        """Build a tombstone-free copy outside the lock; swap it in, replaying mutations made meanwhile."""
+    def _rebuild(self, ints: np.ndarray, matrix: np.ndarray, training: np.ndarray | None, generation: int) -> None:
+        """Build a tombstone-free (IVF: retrained) copy outside the lock; swap it in, replaying later changes."""
+        # Half the cores at most (OpenMP's setting is per thread): the stream and searches keep the rest;
+        # two full OpenMP teams on two cores oversubscribe them and stall both.
+        faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads() // 2))
+        swapped = False
         try:
-            fresh = self._new_faiss(self.dim)
+            fresh = self._new_faiss(matrix.shape[1], training=training)
             fresh.add_with_ids(matrix, ints)
-            with self._lock:
-                dead: set[int] = set()
-                for op, op_ints, op_matrix in self._journal or []:
-                    if op == "add":
-                        fresh.add_with_ids(op_matrix, np.asarray(op_ints, dtype=np.int64))
-                    else:
-                        dead.update(op_ints)
-                self._index, self._dead = fresh, dead
-                logger.info("index rebuilt", index=self.name, vectors=len(self._id_of), tombstones=len(dead))
+            swapped = self._catch_up_and_swap(fresh, training, generation)
+        except Exception:  # noqa: BLE001 - a thread's exception is otherwise lost; the old index keeps serving
+            logger.exception("index rebuild failed: keeping the old index", index=self.name)
         finally:
             with self._lock:
                 self._journal = None
                 self._rebuilding = False
+                if swapped:  # writes during a long rebuild may already call for the next one; don't wait for more
+                    self._maybe_rebuild()
+                    self._maybe_retrain_ivf()
+                self._rebuild_done.notify_all()
+
+    def _catch_up_and_swap(self, fresh: Any, training: np.ndarray | None, generation: int) -> bool:
+        """Replay the journal onto `fresh` outside the lock while much is pending, the last entries under it.
+
+        A long build (an IVF retrain takes seconds) leaves a long journal; replaying it all under the
+        lock would stall searches and the stream for as long as adding those vectors takes.
+        """
+        dead: set[int] = set()
+        done = 0
+        for round_no in range(JOURNAL_CATCH_UP_ROUNDS + 1):
+            with self._lock:
+                if generation != self._generation:  # cleared or loaded meanwhile: the copy stands for nothing
+                    return False
+                pending = self._journal[done:]
+                if len(pending) <= JOURNAL_REPLAY_UNDER_LOCK or round_no == JOURNAL_CATCH_UP_ROUNDS:
+                    dead |= self._replay(fresh, pending)
+                    self._swap_in(fresh, dead, training)
+                    return True
+            dead |= self._replay(fresh, pending)  # `fresh` is this thread's alone until swapped in
+            done += len(pending)
+        return False  # not reached: the last round swaps under the lock
+
+    def _replay(self, fresh: Any, entries: list) -> set[int]:
+        """Apply journal entries to `fresh`, in order; HNSW's removals come back as tombstones."""
+        dead: set[int] = set()
+        for op, op_ints, op_matrix in entries:
+            op_ints = np.asarray(op_ints, dtype=np.int64)
+            if op == "add":
+                fresh.add_with_ids(op_matrix, op_ints)
+            elif self.kind == "hnsw":
+                dead.update(op_ints.tolist())
+            else:
+                fresh.remove_ids(op_ints)
+        return dead
+
+    def _swap_in(self, fresh: Any, dead: set[int], training: np.ndarray | None) -> None:
+        self._index, self._dead = fresh, dead
+        if training is not None:
+            self._trained_size = len(training)
+        logger.info("index rebuilt", index=self.name, vectors=len(self._id_of), tombstones=len(dead),
+                    nlist=getattr(fresh, "nlist", None))
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -382,6 +476,7 @@ class VectorIndex:
                 "next": self._next,
                 "dim": self.dim,
                 "trained_ivf": self._trained_ivf,
+                "trained_size": self._trained_size,
             }
 
     def import_state(self, state: dict[str, Any]) -> None:
@@ -389,6 +484,9 @@ class VectorIndex:
             self._index = None if state["faiss"] is None else faiss.deserialize_index(state["faiss"])
             self.dim = state["dim"]
             self._trained_ivf = state["trained_ivf"]
+            # snapshots from before retraining lack the size: they were trained once, at the first threshold
+            self._trained_size = state.get("trained_size") or (self._ivf_train_size() if self._trained_ivf else 0)
+            self._generation += 1
             self._next = state["next"]
             ints = state["ints"].tolist()
             self._id_of = dict(zip(ints, state["ids"]))
@@ -396,3 +494,4 @@ class VectorIndex:
             self._dead = set(state["dead"].tolist())
             if self._index is not None and self.kind == "ivf" and self._trained_ivf:
                 self._index.nprobe = self.params.nprobe
+                self._maybe_retrain_ivf()  # an old snapshot may already be many times its training size
