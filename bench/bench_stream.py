@@ -108,13 +108,14 @@ def _die_with_parent() -> None:
 class Serve:
     """`modelstream serve -c registry.yaml` as a subprocess; its socket is <folder>/.modelstream/api.sock."""
 
-    def __init__(self, folder: Path, uri: str, db_name: str, models: dict, indexes: dict):
+    def __init__(self, folder: Path, uri: str, db_name: str, models: dict, indexes: dict,
+                 outputs: dict | None = None):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(HERE / "benchmodels.py", folder / "benchmodels.py")
         # JSON is YAML: every string quoted, no surprises with the URI's `?` and `=`.
         registry = {"database": {"uri": uri, "name": db_name}, "api": {"listen": None},
-                    "models": models, "indexes": indexes}
+                    "models": models, "indexes": indexes, **({"outputs": outputs} if outputs else {})}
         self.registry = folder / "registry.yaml"
         self.registry.write_text(json.dumps(registry, indent=1) + "\n")
         self.socket = str(folder / ".modelstream" / "api.sock")
@@ -297,13 +298,21 @@ def bench_a(uri: str, work: Path, n: int, results: Results) -> None:
                              f"{n / raw_total_cpu:.1f}, ratio {raw_total_cpu / daemon_total_cpu:.3f}")
 
 
-def bench_bcd(uri: str, work: Path, sizes: dict, sections: str, results: Results) -> None:
+OUTPUTS_DB = "bench_outputs"  # --store collection: side collections in their own database, as MongoEngine needs
+
+
+def outputs_of(mongo, coll, store: str):
+    """Where the outputs of `coll` land: the collection itself (inline), or its side collection."""
+    return coll if store == "inline" else mongo[OUTPUTS_DB][f"_outputs.{coll.name}"]
+
+
+def bench_bcd(uri: str, work: Path, sizes: dict, sections: str, results: Results, store: str = "inline") -> None:
     n_b, n_c, n_d = sizes["b"], sizes["c"], sizes["d"]
     mongo = pymongo.MongoClient(uri)
     raw_b = raw_d = None
     try:
         if "b" in sections:
-            raw_b = raw_bulk_set(mongo["bench_raw"]["fixed"], n_b)
+            raw_b = raw_bulk_set(mongo["bench_raw"]["fixed"], n_b, outputs_of(mongo, mongo["bench_raw"]["fixed"], store))
         serve = Serve(work / "bcd", uri, "bench_b",
                       {"fixed": {"object": "benchmodels:fixed", "collection": "fixed", "key": "text",
                                  "batch_size": 128},
@@ -312,13 +321,14 @@ def bench_bcd(uri: str, work: Path, sizes: dict, sections: str, results: Results
                                   "batch_size": 128}},
                       {"fixed": {"models": ["fixed"], "measure": "dot"},
                        "latency": {"models": ["fixed_latency"], "measure": "dot"},
-                       "hashed": {"models": ["hashed"], "measure": "cosine"}})
+                       "hashed": {"models": ["hashed"], "measure": "cosine"}},
+                      None if store == "inline" else {"store": "collection", "database": OUTPUTS_DB})
         say("(b-d) starting modelstream serve with the trivial models")
         try:
             serve.start()
             db = mongo["bench_b"]
             if "b" in sections:
-                daemon_b(serve, db["fixed"], n_b, raw_b, results)
+                daemon_b(serve, db["fixed"], outputs_of(mongo, db["fixed"], store), n_b, raw_b, results)
             if "c" in sections:
                 latency_c(serve, db["latency"], n_c, sizes["c_rate"], results)
             if "d" in sections:
@@ -332,26 +342,30 @@ def bench_bcd(uri: str, work: Path, sizes: dict, sections: str, results: Results
         mongo.close()
 
 
-def raw_bulk_set(coll, n: int) -> dict:
-    say(f"(b) raw: insert_many {n} docs, then bulk_write {n} UpdateOne $set of a BSON float32 vector")
+def raw_bulk_set(coll, n: int, outputs) -> dict:
+    """`outputs`: the collection itself, or a side collection (then the $set upserts one document per _id)."""
+    say(f"(b) raw: insert_many {n} docs, then bulk_write {n} UpdateOne $set of a BSON float32 vector"
+        + ("" if outputs is coll else f" into {outputs.full_name}"))
     coll.drop()
+    outputs.drop()
     texts = sentences(n)
     vector = Binary.from_vector(benchmodels.FIXED.tolist(), BinaryVectorDtype.FLOAT32)
     t0 = time.perf_counter()
     coll.insert_many([{"_id": i, "text": t} for i, t in enumerate(texts)], ordered=False)
     t1 = time.perf_counter()
     meter = CpuMeter()
-    coll.bulk_write([UpdateOne({"_id": i}, {"$set": {"_outputs.text.fixed": vector}}) for i in range(n)],
-                    ordered=False)
+    outputs.bulk_write([UpdateOne({"_id": i}, {"$set": {"_outputs.text.fixed": vector}}, upsert=outputs is not coll)
+                        for i in range(n)], ordered=False)
     t2 = time.perf_counter()
     set_cpu = meter.stop()
-    assert coll.count_documents({"_outputs.text.fixed": {"$exists": True}}) == n
+    assert outputs.count_documents({"_outputs.text.fixed": {"$exists": True}}) == n
     coll.drop()
+    outputs.drop()
     say(f"    raw: insert {n / (t1 - t0):,.0f} docs/s, $set {n / (t2 - t1):,.0f} docs/s")
     return {"insert_s": t1 - t0, "set_s": t2 - t1, "cpu": set_cpu}
 
 
-def daemon_b(serve: Serve, coll, n: int, raw: dict, results: Results) -> None:
+def daemon_b(serve: Serve, coll, outputs, n: int, raw: dict, results: Results) -> None:
     texts = sentences(n)
     say(f"(b) daemon: insert_many {n} docs, wait for all outputs")
     with serve.client() as c:
@@ -362,7 +376,7 @@ def daemon_b(serve: Serve, coll, n: int, raw: dict, results: Results) -> None:
         t_done = wait_indexed(c, "fixed", n, 0.02, 600, serve)
         daemon_cpu = meter.stop()
         status = c.status()
-    written = coll.count_documents({"_outputs.text.fixed": {"$exists": True}})
+    written = outputs.count_documents({"_outputs.text.fixed": {"$exists": True}})
     daemon_s = t_done - t0
     say(f"    daemon: {n / daemon_s:,.0f} docs/s ({daemon_s:.2f}s; insert_many took {t_inserted - t0:.2f}s)")
     if written != n:
@@ -474,6 +488,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of well under a minute or two")
     parser.add_argument("--only", default="abcd", help="which sections to run, e.g. `bd` (default: abcd)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (registries, daemon logs)")
+    parser.add_argument("--store", choices=("inline", "collection"), default="inline",
+                        help="(b-d) where outputs land: in the documents, or side collections in their own database")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     sections = args.only.lower()
@@ -494,7 +510,7 @@ def main() -> int:
         if "a" in sections:
             bench_a(server.uri, work, sizes["a"], results)
         if set("bcd") & set(sections):
-            bench_bcd(server.uri, work, sizes, sections, results)
+            bench_bcd(server.uri, work, sizes, sections, results, args.store)
     except BaseException as exc:
         if not isinstance(exc, KeyboardInterrupt | SystemExit):
             say(f"FAILED: {type(exc).__name__}: {exc}")
@@ -508,7 +524,7 @@ def main() -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    print(f"modelstream bench ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPUs, python "
+    print(f"modelstream bench ({'quick' if args.quick else 'full'}, outputs {args.store}), {os.cpu_count()} CPUs, python "
           f"{sys.version.split()[0]}, load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}, "
           f"{elapsed:.0f}s in all")
     results.print()
