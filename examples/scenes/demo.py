@@ -34,8 +34,6 @@ from modelstream.models.captioning import build_vocabulary, write_vocabulary
 from modelstream.training import folds
 
 HERE = Path(__file__).resolve().parent
-RUN = HERE / ".run"
-SOCKET = RUN / ".modelstream" / "api.sock"
 sys.path.insert(0, str(HERE))
 
 from scenes import documents  # noqa: E402 - after the path is set
@@ -49,21 +47,21 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def modelstream(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "modelstream", *args, "-c", str(RUN / "registry.yaml")],
-                            capture_output=True, text=True, cwd=RUN)
+def modelstream(run: Path, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "modelstream", *args, "-c", str(run / "registry.yaml")],
+                            capture_output=True, text=True, cwd=run)
     if result.returncode != 0:
         sys.exit(f"modelstream {' '.join(args)} failed:\n{result.stderr}")
     return result.stdout
 
 
-def connect(serve: subprocess.Popen, timeout_s: float = 300) -> Client:
+def connect(serve: subprocess.Popen, run: Path, timeout_s: float = 300) -> Client:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if serve.poll() is not None:
-            sys.exit(f"modelstream serve exited with code {serve.returncode}; see {RUN / 'serve.log'}")
+            sys.exit(f"modelstream serve exited with code {serve.returncode}; see {run / 'serve.log'}")
         try:
-            client = Client(str(SOCKET), timeout_s=120).connect()
+            client = Client(str(run / ".modelstream" / "api.sock"), timeout_s=120).connect()
             client.ping()
             return client
         except OSError:
@@ -115,17 +113,20 @@ def trained(text: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=1200)
+    parser.add_argument("--run-dir", type=Path, default=HERE / ".run",
+                        help="made anew: the registry copy, vocabulary, daemon data, curves, results.json")
     args = parser.parse_args()
+    run = args.run_dir.resolve()
 
-    shutil.rmtree(RUN, ignore_errors=True)
-    RUN.mkdir()
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir()
     for name in ("registry.yaml", "scenes.py"):  # scenes.py: the user metric the registry names
-        shutil.copy(HERE / name, RUN / name)
+        shutil.copy(HERE / name, run / name)
     embedded = None
     if not os.environ.get("MODELSTREAM_MONGODB_URI"):
         from modelstream.daemon.embedded import EmbeddedServer
 
-        embedded = EmbeddedServer(RUN / "db").start()
+        embedded = EmbeddedServer(run / "db").start()
         os.environ["MODELSTREAM_MONGODB_URI"] = embedded.uri
     serve = None
     try:
@@ -135,37 +136,37 @@ def main() -> None:
         docs = documents(args.documents)
         db.scenes.insert_many(docs)
         train_captions = [d["caption"] for d in docs if folds.fold_of(d["_id"], 0.2) == folds.TRAIN]
-        write_vocabulary(RUN / "vocab.txt", build_vocabulary(train_captions))
+        write_vocabulary(run / "vocab.txt", build_vocabulary(train_captions))
         say(f"{len(docs)} rendered scenes inserted with pymongo; vocabulary of "
-            f"{len((RUN / 'vocab.txt').read_text().split())} words from {len(train_captions)} train-fold captions")
+            f"{len((run / 'vocab.txt').read_text().split())} words from {len(train_captions)} train-fold captions")
 
-        log = open(RUN / "serve.log", "w")
-        serve = subprocess.Popen([sys.executable, "-m", "modelstream", "serve", "-c", str(RUN / "registry.yaml")],
-                                 cwd=RUN, stdout=log, stderr=subprocess.STDOUT)
-        api = connect(serve)
+        log = open(run / "serve.log", "w")
+        serve = subprocess.Popen([sys.executable, "-m", "modelstream", "serve", "-c", str(run / "registry.yaml")],
+                                 cwd=run, stdout=log, stderr=subprocess.STDOUT)
+        api = connect(serve, run)
         started = time.monotonic()
         wait_idle(api, "features, projections, tags and captions")
         say(f"  all {len(docs)} images processed in {time.monotonic() - started:.0f} s\n")
 
-        say(modelstream("validation", "create", "scenes_valid", "--collection", "scenes", "--sample", "200",
+        say(modelstream(run, "validation", "create", "scenes_valid", "--collection", "scenes", "--sample", "200",
                         "--split", "img:caption", "--relevant-by", "scene").strip())
         frozen = list(db["_modelstream.validation.scenes_valid"].find({}, {"_id": 1, "fields": 1}))
         held_out = [r["_id"] for r in frozen]
         queries = [{"caption": r["fields"]["caption"], "scene": r["fields"]["scene"]} for r in frozen]
 
-        before = {"validate": modelstream("validate", "scenes", "--set", "scenes_valid", *METRICS),
+        before = {"validate": modelstream(run, "validate", "scenes", "--set", "scenes_valid", *METRICS),
                   "search": held_out_search(api, queries, held_out)}
         say("\nbefore training:\n" + before["validate"].strip())
         last_job = max((j["id"] for j in api.status()["jobs"]), default=0)
 
         for name in ("text_to_image", "noun_tags", "captions"):
             say(f"\ntraining {name} ...")
-            say(trained(modelstream("train", name, "--apply", "--no-progress")))
+            say(trained(modelstream(run, "train", name, "--apply", "--no-progress")))
 
         say("\nSIGHUP: the daemon reloads the registry with the new weights")
         serve.send_signal(signal.SIGHUP)
         wait_idle(api, "recomputing with the trained weights", after_job=last_job)
-        after = {"validate": modelstream("validate", "scenes", "--set", "scenes_valid", *METRICS),
+        after = {"validate": modelstream(run, "validate", "scenes", "--set", "scenes_valid", *METRICS),
                  "search": held_out_search(api, queries, held_out)}
         say("\nafter training:\n" + after["validate"].strip())
 
@@ -182,7 +183,7 @@ def main() -> None:
 
         jobs = {j["training"]: j for j in db["_modelstream.trainings"].find({"status": "done"})}
         table = [
-            ("text_to_image", "P@1 (validate, 200 held-out)", figure(before["validate"], "p_at_1"),
+            ("text_to_image", f"P@1 (validate, {len(held_out)} held-out)", figure(before["validate"], "p_at_1"),
              figure(after["validate"], "p_at_1")),
             ("text_to_image", "P@5 (validate)", figure(before["validate"], "p_at_5"), figure(after["validate"], "p_at_5")),
             ("text_to_image", "socket search: right scene first", before["search"]["right_at_1"],
@@ -197,9 +198,9 @@ def main() -> None:
         say("\n| training | metric | before | after |\n|---|---|---|---|")
         for row in table:
             say(f"| {row[0]} | {row[1]} | {row[2]:.3f} | {row[3]:.3f} |")
-        (RUN / "results.json").write_text(json.dumps(
+        (run / "results.json").write_text(json.dumps(
             {"table": table, "plots": {n: j["plots"] for n, j in jobs.items()}}, indent=2))
-        say(f"\ncurves: {RUN / '.modelstream' / 'trainings'}/*/*.png")
+        say(f"\ncurves: {run / '.modelstream' / 'trainings'}/*/*.png")
         api.close()
     finally:
         if serve is not None and serve.poll() is None:
