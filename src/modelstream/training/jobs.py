@@ -72,6 +72,8 @@ class Task:
         self.sides: list[Model] = [models[n] for n in spec.models]
         self.target = models[spec.target] if spec.target else None
         self.torch = torch
+        self.search = [plan.registry.folder.resolve(), Path.cwd()]  # where user losses and measures import from
+        self.measure = measures.resolve(spec.measure, self.search)
 
     def load(self, db: Database) -> int:
         """Read the train fold; returns the number of usable documents."""
@@ -100,11 +102,10 @@ class Task:
         return n
 
     def loss_fn(self) -> Callable:
-        search = [self.plan.registry.folder.resolve(), Path.cwd()]
         pos_weight = self.spec.pos_weight
         if pos_weight == "auto":
             pos_weight = losses.auto_pos_weight(self.targets.cpu()) if self.target is not None else None
-        return losses.resolve(self.spec.loss, search, pos_weight, measures.resolve(self.spec.measure, search))
+        return losses.resolve(self.spec.loss, self.search, pos_weight, self.measure)
 
     def forward(self, index) -> list:
         outs = []
@@ -134,9 +135,7 @@ class Task:
             obj.eval()
         try:
             if self.spec.kind == "semantic_index":
-                search = [self.plan.registry.folder.resolve(), Path.cwd()]
-                result = validate_pair(self.plan, self.vset, self.sides,
-                                       measures.resolve(self.spec.measure, search), self.fns)
+                result = validate_pair(self.plan, self.vset, self.sides, self.measure, self.fns)
                 return result["metrics"], result["count"]
             (values, truths), _ = paired_inputs([self.sides[0].spec, self.target.spec], self.vset, self.inputs)
             if not values:
