@@ -194,7 +194,7 @@ class Daemon:
         from modelstream.training import jobs
 
         jobs.training_spec(self.plan, name)  # unknown name: an error for the caller, now
-        if any(j["kind"] == "train" and j["state"] == "running" for j in self.stats.jobs):
+        if any(j["kind"] == "train" and j["state"] in ("running", "reloading") for j in self.stats.jobs):
             raise ModelstreamError("a training is running already", hint="follow it with `modelstream status`")
         job = self.stats.job("train", training=name, apply=apply)
         threading.Thread(target=self._train_job, args=(job, name, apply), name="train", daemon=True).start()
